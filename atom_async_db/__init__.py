@@ -1,0 +1,40 @@
+"""atom_async_db: async-first SQLAlchemy session management.
+
+``get_async_db`` (FastAPI dependency) and ``get_async_db_session()`` (context manager
+for services, workers and scripts) on a process-wide default database configured by
+:func:`configure` or ``DATABASE_URL``; PostgreSQL through asyncpg, SQLite through
+aiosqlite. FastAPI helpers live in :mod:`atom_async_db.fastapi`, the legacy sync API in
+the ``sync_compat`` package.
+"""
+
+from ._database import Database
+from ._default import configure, dispose, get_async_db, get_async_db_session, get_database
+from ._settings import EMBEDDED_DATABASE_FILENAME
+from .exceptions import (
+    AtomDBError,
+    AtomDBWarning,
+    ConfigurationError,
+    DriverNotInstalledError,
+    EmbeddedDatabaseError,
+    NoEventLoopError,
+    UncommittedChangesWarning,
+)
+
+__all__ = [
+    "EMBEDDED_DATABASE_FILENAME",
+    "AtomDBError",
+    "AtomDBWarning",
+    "ConfigurationError",
+    "Database",
+    "DriverNotInstalledError",
+    "EmbeddedDatabaseError",
+    "NoEventLoopError",
+    "UncommittedChangesWarning",
+    "configure",
+    "dispose",
+    "get_async_db",
+    "get_async_db_session",
+    "get_database",
+]
+
+__version__ = "0.1.0"

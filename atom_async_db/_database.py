@@ -1,0 +1,119 @@
+"""``Database``: one configured database, its per-loop engines and its session scopes."""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncIterator, Mapping
+from contextvars import ContextVar
+from typing import Any
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from ._engine import create_engine_for, open_memory_anchor
+from ._loops import LoopEngines
+from ._session import ActiveScope, SessionScope, TrackedSession
+from ._settings import Settings, build_settings
+
+__all__ = ["Database"]
+
+
+class Database:
+    """A database: settings, an async engine per event loop, and session scopes.
+
+    Most applications use the process-wide default through the module-level functions
+    (:func:`~atom_async_db.configure`, :func:`~atom_async_db.get_async_db_session`,
+    :func:`~atom_async_db.get_async_db`). Create a ``Database`` yourself for a second
+    database; it offers the same context manager and dependency::
+
+        reporting = Database("postgresql://reporter@replica/reports", pool_size=5)
+
+        async with reporting.get_async_db_session() as db:
+            await db.execute(text("select 1"))
+
+        @app.get("/report")
+        async def report(db: AsyncSession = Depends(reporting.get_async_db)): ...
+
+        await reporting.dispose()  # at shutdown
+
+    Args:
+        url: the database URL; ``None`` reads ``DATABASE_URL`` and falls back to the
+            embedded SQLite file ``./atom.db`` (with a logged warning).
+        engine_options: extra ``create_async_engine()`` keywords, for what the named
+            options do not cover.
+        **options: ``pool_size``, ``max_overflow``, ``pool_timeout``, ``pool_recycle``,
+            ``pool_pre_ping``, ``echo``, ``application_name``, ``cleanup_timeout``,
+            ``sqlite_busy_timeout``; each also settable by environment (see the README).
+
+    Raises:
+        ConfigurationError: the URL or an option is invalid (the message says which).
+        DriverNotInstalledError: the URL's driver is not installed.
+    """
+
+    def __init__(
+        self,
+        url: str | URL | None = None,
+        *,
+        engine_options: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> None:
+        self.settings: Settings = build_settings(url, engine_options=engine_options, **options)
+        settings = self.settings
+        self._engines = LoopEngines(
+            lambda: create_engine_for(settings), dispose_timeout=settings.cleanup_timeout
+        )
+        self._sessionmaker = async_sessionmaker(
+            expire_on_commit=False, sync_session_class=TrackedSession
+        )
+        self._active: ContextVar[ActiveScope | None] = ContextVar(
+            "atom_async_db.active_scope", default=None
+        )
+        if settings.memory:
+            anchor = open_memory_anchor(settings)
+            weakref.finalize(self, anchor.close)
+
+    @property
+    def url(self) -> str:
+        """The URL the async engine uses, password masked (safe to log)."""
+        return self.settings.display_url
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The async engine of the running event loop, created on first use.
+
+        Use it for work that is not a session, such as creating tables::
+
+            async with db.engine.begin() as conn:
+                await conn.run_sync(Base.metadata.create_all)
+
+        Raises:
+            NoEventLoopError: called outside a running event loop.
+        """
+        return self._engines.current()
+
+    def get_async_db_session(self, *, independent: bool = False) -> SessionScope:
+        """A session that commits on success, rolls back on error and is always closed.
+
+        Same as :func:`atom_async_db.get_async_db_session`, on this database.
+        """
+        return SessionScope(self, commit=True, independent=independent)
+
+    async def get_async_db(self) -> AsyncIterator[AsyncSession]:
+        """FastAPI dependency: a request-scoped session that never commits on its own.
+
+        Same as :func:`atom_async_db.get_async_db`, on this database.
+        """
+        async with SessionScope(self, commit=False) as session:
+            yield session
+
+    async def dispose(self) -> None:
+        """Close the pooled connections of the running loop's engine.
+
+        The next use opens a new engine. Engines of other loops are disposed when their
+        loop shuts down. An in-memory SQLite database keeps its data until the
+        ``Database`` itself is garbage collected.
+        """
+        await self._engines.dispose_current()
+
+    def __repr__(self) -> str:
+        return f"Database({self.url!r})"

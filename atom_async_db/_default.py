@@ -1,0 +1,114 @@
+"""The process-wide default database and the module-level API that uses it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ._database import Database
+from ._session import SessionScope
+
+__all__ = ["configure", "dispose", "get_async_db", "get_async_db_session", "get_database"]
+
+_default: Database | None = None
+_lock = threading.Lock()
+
+
+def configure(
+    url: str | URL | None = None,
+    *,
+    engine_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Database:
+    """Set the process-wide default database and return it.
+
+    Call it once at start-up, before the first session. Without it, the default is
+    built on first use from the environment (``DATABASE_URL``, else the embedded SQLite
+    file ``./atom.db``). Keywords take precedence over environment variables::
+
+        import atom_async_db
+
+        atom_async_db.configure("postgresql://app@db/atom", pool_size=10)
+
+    Configuring again replaces the default; ``await dispose()`` the old one first if it
+    has open connections. Takes the same arguments as :class:`Database`.
+
+    Raises:
+        ConfigurationError: the URL or an option is invalid (the message says which).
+    """
+    global _default
+    database = Database(url, engine_options=engine_options, **options)
+    with _lock:
+        _default = database
+    return database
+
+
+def get_database() -> Database:
+    """The default :class:`Database`, built from the environment on first use."""
+    global _default
+    database = _default
+    if database is None:
+        with _lock:
+            if _default is None:
+                _default = Database()
+            database = _default
+    return database
+
+
+def get_async_db_session(*, independent: bool = False) -> SessionScope:
+    """Open a session for services, workers and scripts: ``async with`` it.
+
+    Commits when the block exits cleanly, rolls back when it raises (the exception
+    propagates unchanged, ``CancelledError`` included) and always returns the connection
+    to the pool. An explicit ``await db.commit()`` inside is allowed. Objects stay
+    readable after the block (``expire_on_commit=False``)::
+
+        async with get_async_db_session() as db:
+            user = User(email="ada@example.com")
+            db.add(user)
+        print(user.id)  # committed, still readable
+
+    Nesting: opened while the same task already holds a session of this database, it
+    joins that session's transaction through a SAVEPOINT (no second connection); its
+    work is committed by the outermost block. ``independent=True`` takes a connection
+    of its own and commits on its own instead.
+    """
+    return get_database().get_async_db_session(independent=independent)
+
+
+async def get_async_db() -> AsyncIterator[AsyncSession]:
+    """FastAPI dependency yielding a request-scoped ``AsyncSession``.
+
+    Like the seed's ``get_db``: it never commits on its own (the route calls
+    ``await db.commit()``), rolls back what is uncommitted and always closes the
+    session, also when the route raises (``HTTPException`` included) or the request is
+    cancelled. A clean request that leaves changes uncommitted gets an
+    :class:`UncommittedChangesWarning`::
+
+        from fastapi import Depends
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        @app.post("/users")
+        async def create_user(data: UserIn, db: AsyncSession = Depends(get_async_db)):
+            user = User(**data.model_dump())
+            db.add(user)
+            await db.commit()
+            return user
+
+    Override it in tests with ``app.dependency_overrides[get_async_db]``.
+    """
+    async with SessionScope(get_database(), commit=False) as session:
+        yield session
+
+
+async def dispose() -> None:
+    """Close the default database's pooled connections (shutdown, tests).
+
+    The next use opens them again. Does nothing if no default was built yet.
+    """
+    if _default is not None:
+        await _default.dispose()

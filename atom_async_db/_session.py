@@ -1,0 +1,159 @@
+"""Session scopes: the lifecycle behind ``get_async_db_session()`` and ``get_async_db``,
+and the nesting rule.
+
+Lifecycle: a scope opens an ``AsyncSession`` (``expire_on_commit=False``); on a clean exit
+it commits (``get_async_db_session()``) or leaves committing to the caller
+(``get_async_db``); on any exception it rolls back; it always releases the connection.
+A cancelled or otherwise interrupted block (``CancelledError``, ``KeyboardInterrupt``)
+may have left a statement half-sent, so its connection is invalidated, never reused.
+
+Nesting rule: a scope opened while the *same task* already holds a scope of the same
+database joins the outer scope's connection through a SAVEPOINT instead of taking a
+second connection from the pool (which is how pools deadlock: every holder waits for a
+second connection). The inner block gets its own session; its commit releases the
+savepoint, its failure rolls back to it, and the real COMMIT happens when the outermost
+scope commits. ``independent=True`` opts out and takes a connection of its own. Other
+tasks (even ones started inside the scope, which inherit its context) never join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import warnings
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
+
+from ._cleanup import run_to_completion
+from .exceptions import UncommittedChangesWarning
+
+if TYPE_CHECKING:
+    from ._database import Database
+
+logger = logging.getLogger("atom_async_db")
+
+_UNSAVED = "atom_async_db.unsaved"  # flushed (or joined-in) writes awaiting the real COMMIT
+_WROTE = "atom_async_db.wrote"  # the session flushed at least once in its life
+
+
+class TrackedSession(Session):
+    """The sync session behind every AsyncSession we create: records unsaved writes."""
+
+
+@event.listens_for(TrackedSession, "after_flush")
+def _after_flush(session: Session, _flush_context: Any) -> None:
+    session.info[_UNSAVED] = session.info[_WROTE] = True
+
+
+@event.listens_for(TrackedSession, "after_transaction_end")
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info[_UNSAVED] = False
+
+
+def has_unsaved_changes(session: AsyncSession) -> bool:
+    """True when ``session`` holds writes that no COMMIT has made durable yet."""
+    return bool(session.info.get(_UNSAVED) or session.new or session.dirty or session.deleted)
+
+
+@dataclass(frozen=True)
+class ActiveScope:
+    """What a task's innermost open scope holds, kept in the database's context variable."""
+
+    task: asyncio.Task[Any] | None
+    session: AsyncSession
+
+
+class SessionScope:
+    """Async context manager yielding an ``AsyncSession``; see the module docstring."""
+
+    __slots__ = ("_commit", "_database", "_independent", "_outer", "_session", "_token")
+
+    def __init__(self, database: Database, *, commit: bool, independent: bool = False) -> None:
+        self._database = database
+        self._commit = commit
+        self._independent = independent
+        self._outer: ActiveScope | None = None
+        self._session: AsyncSession | None = None
+        self._token: Token[ActiveScope | None] | None = None
+
+    async def __aenter__(self) -> AsyncSession:
+        if self._session is not None:
+            raise RuntimeError("a session scope cannot be entered twice; call the function again")
+        database = self._database
+        task = asyncio.current_task()
+        outer = database._active.get()
+        if outer is not None and outer.task is task and not self._independent:
+            # The inner block must see what the outer one has done so far.
+            await outer.session.flush()
+            connection = await outer.session.connection()
+            session = database._sessionmaker(bind=connection, join_transaction_mode="create_savepoint")
+            self._outer = outer
+        else:
+            session = database._sessionmaker(bind=database.engine)
+        self._session = session
+        self._token = database._active.set(ActiveScope(task, session))
+        return session
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session = self._session
+        assert session is not None and self._token is not None
+        try:
+            self._database._active.reset(self._token)
+        except ValueError:  # exited in another context than entered (a framework's choice)
+            self._database._active.set(self._outer)
+        if exc is not None:
+            # GeneratorExit: a dependency generator closed by its consumer, not interrupted.
+            await self._release(session, graceful=isinstance(exc, (Exception, GeneratorExit)))
+            return
+        try:
+            if self._commit:
+                await session.commit()
+            elif has_unsaved_changes(session):
+                warnings.warn(
+                    "the request session ended with changes that were never committed, so they "
+                    "were rolled back (including those of nested get_async_db_session() blocks); "
+                    "call `await db.commit()` in the route",
+                    UncommittedChangesWarning,
+                    stacklevel=2,
+                )
+        except BaseException as error:
+            await self._release(session, graceful=isinstance(error, Exception))
+            raise
+        if self._outer is not None and session.info.get(_WROTE):
+            self._outer.session.info[_UNSAVED] = True
+        await self._release(session, graceful=True)
+
+    async def _release(self, session: AsyncSession, *, graceful: bool) -> None:
+        timeout = self._database.settings.cleanup_timeout
+        await run_to_completion(_release(session, graceful, timeout), deadline=2 * timeout + 1)
+
+
+async def _release(session: AsyncSession, graceful: bool, timeout: float) -> None:
+    """Roll back what is uncommitted and give the connection back; invalidate it instead
+    when its state is unknown (interrupted block) or the rollback fails or hangs."""
+    if graceful:
+        try:
+            async with asyncio.timeout(timeout):
+                if session.in_transaction():
+                    await session.rollback()
+                await session.close()
+            return
+        except Exception as error:
+            logger.warning("rolling back a session failed (%r); invalidating its connection", error)
+    try:
+        async with asyncio.timeout(timeout):
+            await session.invalidate()
+    except Exception as error:
+        logger.warning("invalidating a session's connection failed (%r)", error)

@@ -1,0 +1,289 @@
+"""Settings: one place that turns a URL, keyword options and environment variables into
+validated :class:`Settings`, shared by the async core and the sync compatibility layer.
+
+Precedence: explicit keyword > environment variable > per-dialect default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .exceptions import ConfigurationError, DriverNotInstalledError, EmbeddedDatabaseError
+
+logger = logging.getLogger("atom_async_db")
+
+#: Where the embedded SQLite database lives when ``DATABASE_URL`` is not set.
+EMBEDDED_DATABASE_FILENAME = "atom.db"
+
+Dialect = Literal["postgresql", "sqlite"]
+
+_POSTGRES_DRIVERS = {"asyncpg": None, "psycopg": "psycopg", "psycopg2": "psycopg2"}
+_SQLITE_DRIVERS = {"aiosqlite": None, "pysqlite": "pysqlite"}
+ACCEPTED_URL_FORMS = (
+    "postgresql+asyncpg://user:password@host:5432/dbname (also postgresql://, postgres://, "
+    "postgresql+psycopg://, postgresql+psycopg2://), "
+    "sqlite+aiosqlite:///path/to/file.db (also sqlite:///path/to/file.db), "
+    "sqlite:// or sqlite:///:memory: for an in-memory database"
+)
+# libpq spellings that asyncpg names differently, so URLs of existing deployments work as they stand.
+_ASYNCPG_QUERY_RENAMES = {"sslmode": "ssl", "connect_timeout": "timeout"}
+
+
+def mask_url(url: str | URL) -> str:
+    """Render a database URL for humans: the password is always replaced by ``***``."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    # An unparsable string still must not leak what sits between "user:" and "@".
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+# --------------------------------------------------------------------------- options
+
+
+def _parse_bool(value: object, label: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off", ""}:
+            return False
+    raise ConfigurationError(f"{label} must be a boolean (true/false, 1/0, yes/no), got {value!r}")
+
+
+def _number(value: object, label: str, kind: type[int] | type[float], expectation: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigurationError(f"{label} must be {expectation}, got {value!r}")
+    try:
+        number = kind(value.strip() if isinstance(value, str) else value)
+    except ValueError:
+        raise ConfigurationError(f"{label} must be {expectation}, got {value!r}") from None
+    if kind is int and isinstance(value, float) and number != value:
+        raise ConfigurationError(f"{label} must be {expectation}, got {value!r}")
+    return number
+
+
+def _int_at_least(minimum: int) -> Callable[[object, str], int]:
+    expectation = f"a whole number >= {minimum}"
+
+    def parse(value: object, label: str) -> int:
+        number = int(_number(value, label, int, expectation))
+        if number < minimum:
+            raise ConfigurationError(f"{label} must be {expectation}, got {value!r}")
+        return number
+
+    return parse
+
+
+def _positive_float(value: object, label: str) -> float:
+    number = _number(value, label, float, "a number of seconds > 0")
+    if not number > 0:
+        raise ConfigurationError(f"{label} must be a number of seconds > 0, got {value!r}")
+    return number
+
+
+def _recycle(value: object, label: str) -> int:
+    expectation = "a whole number of seconds >= 1, or -1 to never recycle"
+    number = int(_number(value, label, int, expectation))
+    if number != -1 and number < 1:
+        raise ConfigurationError(f"{label} must be {expectation}, got {value!r}")
+    return number
+
+
+def _application_name(value: object, label: str) -> str:
+    if not isinstance(value, str) or not value or len(value.encode()) > 63:
+        raise ConfigurationError(f"{label} must be a non-empty string of at most 63 bytes, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _Option:
+    env: str
+    parse: Callable[[object, str], Any]
+    postgresql: Any
+    sqlite: Any
+
+
+#: Every option ``configure()`` and ``Database()`` accept besides ``url`` and ``engine_options``.
+OPTIONS: Mapping[str, _Option] = {
+    "pool_size": _Option("ATOM_DB_POOL_SIZE", _int_at_least(1), 20, 5),
+    "max_overflow": _Option("ATOM_DB_MAX_OVERFLOW", _int_at_least(0), 30, 0),
+    "pool_timeout": _Option("ATOM_DB_POOL_TIMEOUT", _positive_float, 30.0, 30.0),
+    "pool_recycle": _Option("ATOM_DB_POOL_RECYCLE", _recycle, 1800, -1),
+    "pool_pre_ping": _Option("ATOM_DB_POOL_PRE_PING", _parse_bool, True, False),
+    "echo": _Option("ATOM_DB_ECHO", _parse_bool, False, False),
+    "application_name": _Option(
+        "ATOM_DB_APPLICATION_NAME", _application_name, "atom_async_db", "atom_async_db"
+    ),
+    "cleanup_timeout": _Option("ATOM_DB_CLEANUP_TIMEOUT", _positive_float, 5.0, 5.0),
+    "sqlite_busy_timeout": _Option("ATOM_DB_SQLITE_BUSY_TIMEOUT", _positive_float, 30.0, 30.0),
+}
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated configuration of one database; immutable, so engines can be rebuilt from it."""
+
+    url: URL
+    """The URL the async engine connects with (asyncpg or aiosqlite)."""
+    dialect: Dialect
+    sync_driver: str | None
+    """The sync driver the original URL named (``psycopg``, ``psycopg2``, ``pysqlite``), if any."""
+    memory: bool
+    """True for an in-memory SQLite database (a named shared-cache database, see ``_engine``)."""
+    pool_size: int
+    max_overflow: int
+    pool_timeout: float
+    pool_recycle: int
+    pool_pre_ping: bool
+    echo: bool
+    application_name: str
+    cleanup_timeout: float
+    sqlite_busy_timeout: float
+    engine_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def display_url(self) -> str:
+        return mask_url(self.url)
+
+
+def _resolve_url(url: str | URL | None, environ: Mapping[str, str]) -> str | URL:
+    if url is not None:
+        return url
+    from_env = environ.get("DATABASE_URL", "").strip()
+    if from_env:
+        return from_env
+    path = Path.cwd() / EMBEDDED_DATABASE_FILENAME
+    if _parse_bool(environ.get("ATOM_DB_REQUIRE_URL", ""), "ATOM_DB_REQUIRE_URL"):
+        raise EmbeddedDatabaseError(
+            "DATABASE_URL is not set and ATOM_DB_REQUIRE_URL forbids the embedded SQLite "
+            f"fallback; set DATABASE_URL (accepted forms: {ACCEPTED_URL_FORMS})"
+        )
+    logger.warning(
+        "DATABASE_URL is not set: using the embedded SQLite database %s. Set DATABASE_URL "
+        "to use another database, or ATOM_DB_REQUIRE_URL=1 to make this an error.",
+        path,
+    )
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def _unsupported(raw: str | URL, reason: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"unsupported database URL {mask_url(raw)!r}: {reason}. Accepted forms: {ACCEPTED_URL_FORMS}"
+    )
+
+
+def _require(module: str, what: str, install: str) -> None:
+    try:
+        __import__(module)
+    except ImportError as exc:
+        raise DriverNotInstalledError(
+            f"{what} needs the {module!r} package, which is not installed: pip install {install}"
+        ) from exc
+
+
+def _normalise_url(raw: str | URL) -> tuple[URL, Dialect, str | None, bool]:
+    if not isinstance(raw, (str, URL)):
+        raise ConfigurationError(f"the database URL must be a string, got {type(raw).__name__}")
+    try:
+        url = make_url(raw)
+    except ArgumentError:
+        raise _unsupported(raw, "it could not be parsed") from None
+    backend, _, driver = url.drivername.partition("+")
+    if backend in {"postgresql", "postgres"}:
+        if driver and driver not in _POSTGRES_DRIVERS:
+            raise _unsupported(raw, f"unknown PostgreSQL driver {driver!r}")
+        if not url.database:
+            raise _unsupported(raw, "it names no database")
+        _require("asyncpg", "PostgreSQL", "'atom_async_db[postgres]'")
+        query = {_ASYNCPG_QUERY_RENAMES.get(k, k): v for k, v in url.query.items()}
+        async_url = url.set(drivername="postgresql+asyncpg", query=query)
+        return async_url, "postgresql", _POSTGRES_DRIVERS.get(driver), False
+    if backend == "sqlite":
+        if driver and driver not in _SQLITE_DRIVERS:
+            raise _unsupported(raw, f"unknown SQLite driver {driver!r}")
+        _require("aiosqlite", "SQLite", "aiosqlite")
+        sync_driver = _SQLITE_DRIVERS.get(driver)
+        database = url.database or ""
+        if database in {"", ":memory:"}:
+            # Each plain ":memory:" connection is a database of its own; a named shared-cache
+            # database lets every connection of every event loop and thread see the same data.
+            name = f"atom-memory-{secrets.token_hex(8)}"
+            memory_url = URL.create(
+                "sqlite+aiosqlite",
+                database=f"file:{name}",
+                query={"mode": "memory", "cache": "shared", "uri": "true"},
+            )
+            return memory_url, "sqlite", sync_driver, True
+        if url.query.get("uri") not in {"true", "1"}:
+            # Resolve now, so a later chdir() cannot point another loop or thread elsewhere.
+            database = os.path.abspath(database)
+        return url.set(drivername="sqlite+aiosqlite", database=database), "sqlite", sync_driver, False
+    raise _unsupported(raw, f"unknown database dialect {backend!r}")
+
+
+def build_settings(
+    url: str | URL | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    engine_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> Settings:
+    """Validate ``url`` and ``options`` (falling back to the environment) into :class:`Settings`.
+
+    Raises :class:`ConfigurationError` naming the wrong setting and what it accepts.
+    """
+    environ = os.environ if environ is None else environ
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        hints = [
+            f"{name!r} (did you mean {match[0]!r}?)" if (match := difflib.get_close_matches(name, OPTIONS, 1))
+            else repr(name)
+            for name in unknown
+        ]
+        raise ConfigurationError(
+            f"unknown option {', '.join(hints)}; accepted options: url, engine_options, "
+            + ", ".join(OPTIONS)
+        )
+    async_url, dialect, sync_driver, memory = _normalise_url(_resolve_url(url, environ))
+    values: dict[str, Any] = {}
+    for name, option in OPTIONS.items():
+        if name in options and options[name] is not None:
+            values[name] = option.parse(options[name], name)
+        elif environ.get(option.env, "").strip():
+            values[name] = option.parse(environ[option.env], option.env)
+        else:
+            values[name] = getattr(option, dialect)
+    if "application_name" in async_url.query:
+        # libpq takes it from the URL, asyncpg only from server_settings: move it there.
+        from_url = async_url.query["application_name"]
+        async_url = async_url.difference_update_query(["application_name"])
+        if "application_name" not in options and not environ.get("ATOM_DB_APPLICATION_NAME"):
+            values["application_name"] = _application_name(from_url, "application_name in the URL")
+    if engine_options is not None and not isinstance(engine_options, Mapping):
+        raise ConfigurationError(
+            f"engine_options must be a mapping of create_async_engine() keywords, got {engine_options!r}"
+        )
+    return Settings(
+        url=async_url,
+        dialect=dialect,
+        sync_driver=sync_driver,
+        memory=memory,
+        engine_options=dict(engine_options or {}),
+        **values,
+    )

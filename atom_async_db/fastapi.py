@@ -1,0 +1,42 @@
+"""FastAPI integration: a lifespan that disposes the default database, and ``AsyncDB``.
+
+Importing this module imports FastAPI; the rest of atom_async_db never does::
+
+    from fastapi import FastAPI
+    from atom_async_db.fastapi import AsyncDB, lifespan
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/users/{user_id}")
+    async def get_user(user_id: int, db: AsyncDB):
+        return await db.get(User, user_id)
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ._default import dispose, get_async_db
+
+__all__ = ["AsyncDB", "lifespan"]
+
+AsyncDB = Annotated[AsyncSession, Depends(get_async_db)]
+"""A route parameter annotated ``db: AsyncDB`` receives the request's session."""
+
+
+@asynccontextmanager
+async def lifespan(app: Any) -> AsyncIterator[None]:
+    """Lifespan that closes the default database's connections when the app shuts down.
+
+    Pass it as ``FastAPI(lifespan=lifespan)``, or call ``await atom_async_db.dispose()``
+    at the end of your own lifespan.
+    """
+    try:
+        yield
+    finally:
+        await dispose()

@@ -1,0 +1,206 @@
+"""Test harness shared by every test: backends, the default database, the leak checker and
+a throwaway PostgreSQL cluster.
+
+- Every contract test takes the ``db`` fixture, parametrized over three backends: a SQLite
+  file in ``tmp_path``, SQLite ``:memory:`` and PostgreSQL (``ATOM_TEST_POSTGRES_URL``).
+  PostgreSQL unreachable: its tests skip with the reason, or fail when ``CI=true``.
+- After each test the leak checker asserts that nothing is checked out of any pool and
+  that no backend with our ``application_name`` sits ``idle in transaction``; then the
+  engines are disposed. Warnings are errors (pyproject), and a ``gc.collect()`` in the
+  teardown makes a garbage-collector warning fail the test that caused it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+import atom_async_db
+from atom_async_db import Database
+from atom_async_db import _default as default_module
+from tests.models import Base
+
+POSTGRES_URL = os.environ.get(
+    "ATOM_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+APP_NAME = f"atom-test-{os.getpid()}"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+BACKENDS = ("sqlite_file", "sqlite_memory", "postgres")
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The URL as a plain libpq DSN, for raw asyncpg connections made by the checks."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _postgres_problem(url: str) -> str | None:
+    async def probe() -> None:
+        connection = await asyncpg.connect(asyncpg_dsn(url), timeout=5)
+        await connection.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as error:
+        return f"PostgreSQL at {make_url(url).render_as_string()} is unreachable ({error!r})"
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    problem = _postgres_problem(POSTGRES_URL)
+    if problem:
+        if IN_CI:
+            pytest.fail(f"{problem}; CI=true requires it (set ATOM_TEST_POSTGRES_URL)")
+        pytest.skip(f"{problem}; set ATOM_TEST_POSTGRES_URL or start the server")
+    return POSTGRES_URL
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def backend_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "sqlite_file":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    if backend == "sqlite_memory":
+        return "sqlite://"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+async def our_backends(url: str, *, state: str | None = None) -> list[str]:
+    """States of the PostgreSQL backends carrying our application_name (seen from outside)."""
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        rows = await connection.fetch(
+            "select state from pg_stat_activity where application_name = $1", APP_NAME
+        )
+    finally:
+        await connection.close()
+    return [row["state"] for row in rows if state is None or row["state"] == state]
+
+
+async def assert_no_leaks(database: Database) -> None:
+    gc.collect()
+    for engine in database._engines.engines():
+        assert engine.pool.checkedout() == 0, f"connections left checked out: {engine.pool.status()}"
+    if database.settings.dialect == "postgresql":
+        stuck = [s for s in await our_backends(database.url) if s.startswith("idle in transaction")]
+        assert stuck == [], f"backends left in a transaction: {stuck}"
+
+
+async def reset_schema(database: Database) -> None:
+    async with database.engine.begin() as connection:
+        await connection.run_sync(Base.metadata.drop_all)
+        await connection.run_sync(Base.metadata.create_all)
+
+
+@pytest.fixture
+async def db(backend_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Database]:
+    """The default database on the test's backend, with fresh tables; leak-checked after."""
+    monkeypatch.setattr(default_module, "_default", None)
+    database = atom_async_db.configure(backend_url, application_name=APP_NAME)
+    await reset_schema(database)
+    yield database
+    await assert_no_leaks(database)
+    if database.settings.dialect == "postgresql":
+        async with database.engine.begin() as connection:
+            await connection.run_sync(Base.metadata.drop_all)
+    await database.dispose()
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+
+def run_python(code: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> str:
+    """Run ``code`` in a fresh interpreter under ``-X dev -W error``; return its output.
+
+    Fails the test with the output when the child exits non-zero or prints a warning.
+    """
+    result = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error", "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"child exited {result.returncode}:\n{output}"
+    return output
+
+
+# --------------------------------------------------------------------------- throwaway cluster
+
+
+def _postgres_bindir() -> Path | None:
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "initdb").exists():
+            return candidate
+    found = shutil.which("pg_ctl")
+    return Path(found).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ThrowawayCluster:
+    """A PostgreSQL server of the tests' own, on a loopback port, for stopping and restarting."""
+
+    bindir: Path
+    datadir: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [str(self.bindir / tool), *args]
+        if os.geteuid() == 0:  # initdb and pg_ctl refuse to run as root
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def pg_ctl(self, action: str) -> None:
+        options = f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.datadir / "data"), "-o", options, "-m", "fast",
+                  "-w", "-l", str(self.datadir / "log"), action)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[ThrowawayCluster]:
+    bindir = _postgres_bindir()
+    if bindir is None:
+        reason = "PostgreSQL server binaries (initdb, pg_ctl) are not installed"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    datadir = Path(tempfile.mkdtemp(prefix="atom-pg-"))
+    if os.geteuid() == 0:
+        shutil.chown(datadir, "postgres", "postgres")
+    cluster = ThrowawayCluster(bindir, datadir, _free_port())
+    cluster._run("initdb", "-D", str(datadir / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+    cluster.pg_ctl("start")
+    try:
+        yield cluster
+    finally:
+        cluster.pg_ctl("stop")
+        shutil.rmtree(datadir, ignore_errors=True)
