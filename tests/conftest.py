@@ -20,9 +20,10 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -109,18 +110,38 @@ async def reset_schema(database: Database) -> None:
         await connection.run_sync(Base.metadata.create_all)
 
 
-@pytest.fixture
-async def db(backend_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Database]:
-    """The default database on the test's backend, with fresh tables; leak-checked after."""
-    monkeypatch.setattr(default_module, "_default", None)
-    database = atom_async_db.configure(backend_url, application_name=APP_NAME)
-    await reset_schema(database)
-    yield database
+async def _teardown(database: Database) -> None:
     await assert_no_leaks(database)
     if database.settings.dialect == "postgresql":
         async with database.engine.begin() as connection:
             await connection.run_sync(Base.metadata.drop_all)
     await database.dispose()
+
+
+@pytest.fixture
+async def make_default(
+    backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Callable[..., Awaitable[Database]]]:
+    """``await make_default(**options)``: configure the default database on the test's
+    backend with fresh tables; every database it made is leak-checked and disposed after."""
+    monkeypatch.setattr(default_module, "_default", None)
+    made: list[Database] = []
+
+    async def configure(**options: Any) -> Database:
+        database = atom_async_db.configure(backend_url, application_name=APP_NAME, **options)
+        made.append(database)
+        await reset_schema(database)
+        return database
+
+    yield configure
+    for database in reversed(made):
+        await _teardown(database)
+
+
+@pytest.fixture
+async def db(make_default: Callable[..., Awaitable[Database]]) -> Database:
+    """The default database on the test's backend (default options), with fresh tables."""
+    return await make_default()
 
 
 # --------------------------------------------------------------------------- subprocesses

@@ -1,0 +1,172 @@
+"""Engine rules per dialect: pool settings, application_name, the SQLite profile."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from atom_async_db import Database
+from tests.conftest import APP_NAME, assert_no_leaks, our_backends, reset_schema
+from tests.models import Post, User
+
+
+async def test_pool_settings_follow_the_seed_and_the_options(postgres_url: str) -> None:
+    default = Database(postgres_url, application_name=APP_NAME)
+    tuned = Database(postgres_url, application_name=APP_NAME, pool_size=3, max_overflow=2,
+                     pool_timeout=7, pool_recycle=60)
+    assert (default.engine.pool.size(), default.engine.pool._max_overflow) == (20, 30)  # type: ignore[attr-defined]
+    assert default.engine.pool._pre_ping is True  # type: ignore[attr-defined]
+    pool = tuned.engine.pool
+    assert (pool.size(), pool._max_overflow, pool._timeout, pool._recycle) == (3, 2, 7, 60)  # type: ignore[attr-defined]
+    await default.dispose()
+    await tuned.dispose()
+
+
+async def test_connections_carry_the_application_name(db: Database, backend: str) -> None:
+    if backend != "postgres":
+        assert db.settings.application_name == APP_NAME  # SQLite has no sessions to label
+        return
+    async with db.get_async_db_session() as session:
+        name = (await session.execute(text("select current_setting('application_name')"))).scalar()
+        assert name == APP_NAME
+        assert await our_backends(db.url, state="idle in transaction") == ["idle in transaction"]
+
+
+# --------------------------------------------------------------------------- SQLite profile
+
+
+@pytest.fixture
+async def sqlite_file(tmp_path: Path) -> Database:
+    database = Database(f"sqlite:///{tmp_path / 'rules.db'}", pool_size=5, sqlite_busy_timeout=10)
+    await reset_schema(database)
+    yield database  # type: ignore[misc]
+    await assert_no_leaks(database)
+    await database.dispose()
+
+
+async def test_every_pooled_sqlite_connection_gets_the_pragmas(sqlite_file: Database) -> None:
+    async def pragmas(all_connected: asyncio.Barrier) -> tuple[object, ...]:
+        async with sqlite_file.engine.connect() as connection:
+            await all_connected.wait()  # five connections out of the pool at once
+            rows = [await connection.exec_driver_sql(f"pragma {p}") for p in
+                    ("journal_mode", "foreign_keys", "busy_timeout")]
+            return tuple(row.scalar() for row in rows)
+
+    five = asyncio.Barrier(5)
+    assert await asyncio.gather(*(pragmas(five) for _ in range(5))) == [("wal", 1, 10000)] * 5
+    await sqlite_file.dispose()  # new pool, new connections: same rules
+    assert await pragmas(asyncio.Barrier(1)) == ("wal", 1, 10000)
+
+
+async def test_sqlite_foreign_keys_are_enforced_and_cascade(sqlite_file: Database) -> None:
+    async with sqlite_file.get_async_db_session() as session:
+        session.add(User(email="a@example.com", posts=[Post(title="one"), Post(title="two")]))
+    async with sqlite_file.get_async_db_session() as session:
+        await session.execute(text("delete from atom_t_users"))
+    async with sqlite_file.get_async_db_session() as session:
+        assert (await session.execute(select(func.count()).select_from(Post))).scalar() == 0
+    with pytest.raises(IntegrityError, match="FOREIGN KEY"):
+        async with sqlite_file.get_async_db_session() as session:
+            session.add(Post(user_id=12345, title="orphan"))
+
+
+async def test_sqlite_read_then_write_writers_lose_nothing(sqlite_file: Database) -> None:
+    # A deferred BEGIN loses most of these to "database is locked"; BEGIN IMMEDIATE none.
+    async with sqlite_file.get_async_db_session() as session:
+        session.add(User(email="counter@example.com", data_count=0))
+
+    async def writer() -> None:
+        for _ in range(50):
+            async with sqlite_file.get_async_db_session() as session:
+                user = (await session.execute(select(User))).scalar_one()
+                await session.execute(
+                    update(User).where(User.id == user.id).values(data_count=user.data_count + 1)
+                )
+
+    await asyncio.gather(*(writer() for _ in range(20)))
+    async with sqlite_file.get_async_db_session() as session:
+        assert (await session.execute(select(User.data_count))).scalar() == 1000
+
+
+async def test_sqlite_savepoints_roll_back_only_their_part(sqlite_file: Database) -> None:
+    async with sqlite_file.get_async_db_session() as session:
+        session.add(User(email="kept@example.com"))
+        savepoint = await session.begin_nested()
+        session.add(User(email="undone@example.com"))
+        await session.flush()
+        await savepoint.rollback()
+    async with sqlite_file.get_async_db_session() as session:
+        assert set((await session.execute(select(User.email))).scalars()) == {"kept@example.com"}
+
+
+async def test_sqlite_second_writer_waits_for_the_busy_timeout(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'busy.db'}", sqlite_busy_timeout=0.2)
+    await reset_schema(database)
+    async with database.get_async_db_session() as outer:
+        outer.add(User(email="outer@example.com"))
+        await outer.flush()  # outer holds SQLite's single write lock
+        # Also true of an independent session nested in it: SQLite has one writer at a time.
+        with pytest.raises(OperationalError, match="database is locked"):
+            async with database.get_async_db_session(independent=True) as other:
+                await other.execute(select(1))
+    await database.dispose()
+
+
+async def test_memory_sessions_take_turns_and_never_undo_each_other() -> None:
+    # With one connection shared by interleaved sessions, B's rollback would undo A's commit.
+    database = Database("sqlite://")
+    await reset_schema(database)
+    a_committed = asyncio.Event()
+
+    async def a() -> None:
+        async with database.get_async_db_session() as session:
+            session.add(User(email="a@example.com"))
+        a_committed.set()
+
+    async def b() -> None:
+        with pytest.raises(RuntimeError):
+            async with database.get_async_db_session() as session:
+                session.add(User(email="b@example.com"))
+                await session.flush()
+                task_a = asyncio.create_task(a())
+                with pytest.raises(TimeoutError):  # a waits for the single connection
+                    await asyncio.wait_for(asyncio.shield(a_committed.wait()), 0.2)
+                raise RuntimeError("b rolls back")
+        await task_a
+
+    await b()
+    assert a_committed.is_set()
+    async with database.get_async_db_session() as session:
+        assert set((await session.execute(select(User.email))).scalars()) == {"a@example.com"}
+    await database.dispose()
+
+
+def test_memory_database_is_shared_by_every_loop_and_survives_dispose() -> None:
+    database = Database("sqlite:///:memory:")
+
+    async def create() -> None:
+        await reset_schema(database)
+        async with database.get_async_db_session() as session:
+            session.add(User(email="first-loop@example.com"))
+        await database.dispose()
+
+    async def read() -> set[str]:
+        async with database.get_async_db_session() as session:
+            return set((await session.execute(select(User.email))).scalars())
+
+    asyncio.run(create())
+    assert asyncio.run(read()) == {"first-loop@example.com"}
+    other = Database("sqlite://")  # another memory database is another database
+
+    async def tables_of_other() -> list[str]:
+        async with other.engine.connect() as connection:
+            rows = await connection.exec_driver_sql("select name from sqlite_master")
+            names = list(rows.scalars())
+        await other.dispose()
+        return names
+
+    assert asyncio.run(tables_of_other()) == []

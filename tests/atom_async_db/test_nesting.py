@@ -1,0 +1,121 @@
+"""The nesting rule: a session opened inside another of the same task joins it through a
+SAVEPOINT; other tasks and ``independent=True`` get connections of their own."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from sqlalchemy import func, select
+
+from atom_async_db import Database, UncommittedChangesWarning, get_async_db, get_async_db_session
+from tests.conftest import APP_NAME
+from tests.models import User
+
+
+async def emails() -> set[str]:
+    async with get_async_db_session(independent=True) as db:
+        return set((await db.execute(select(User.email))).scalars())
+
+
+@pytest.fixture
+async def one_connection(make_default: Callable[..., Awaitable[Database]]) -> Database:
+    """The default database with a pool of exactly one connection."""
+    return await make_default(pool_size=1, max_overflow=0, pool_timeout=5)
+
+
+async def test_nested_block_shares_the_connection_so_one_connection_is_enough(
+    one_connection: Database,
+) -> None:
+    # With a second checkout this would wait pool_timeout and fail: the classic deadlock.
+    async with get_async_db_session() as outer:
+        outer.add(User(email="outer@example.com"))
+        async with get_async_db_session() as inner:
+            assert inner is not outer
+            assert await inner.connection() is await outer.connection()
+            # The inner block sees the outer's unflushed work.
+            assert (await inner.execute(select(func.count()).select_from(User))).scalar() == 1
+            inner.add(User(email="inner@example.com"))
+        assert one_connection.engine.pool.checkedout() == 1
+    assert one_connection.engine.pool.checkedout() == 0
+    assert await emails() == {"outer@example.com", "inner@example.com"}
+
+
+async def test_inner_failure_rolls_back_only_the_inner_block(db: Database) -> None:
+    async with get_async_db_session() as outer:
+        outer.add(User(email="outer@example.com"))
+        with pytest.raises(ValueError):
+            async with get_async_db_session() as inner:
+                inner.add(User(email="inner@example.com"))
+                await inner.flush()
+                raise ValueError("inner failed")
+        outer.add(User(email="after@example.com"))
+    assert await emails() == {"outer@example.com", "after@example.com"}
+
+
+async def test_inner_commit_is_made_durable_by_the_outermost_block(db: Database) -> None:
+    with pytest.raises(RuntimeError):
+        async with get_async_db_session():
+            async with get_async_db_session() as inner:
+                inner.add(User(email="inner@example.com"))
+                await inner.commit()  # releases the savepoint only
+            raise RuntimeError("outer failed")
+    assert await emails() == set()
+
+
+async def test_independent_session_commits_on_its_own(db: Database) -> None:
+    with pytest.raises(RuntimeError):
+        async with get_async_db_session() as outer:
+            outer.add(User(email="outer@example.com"))
+            async with get_async_db_session(independent=True) as audit:
+                assert audit.bind is db.engine  # a connection of its own, not outer's
+                audit.add(User(email="audit@example.com"))
+            await outer.flush()
+            raise RuntimeError("outer failed")
+    assert await emails() == {"audit@example.com"}
+
+
+async def test_tasks_started_inside_a_session_get_their_own(db: Database) -> None:
+    binds = []
+
+    async def child(i: int) -> None:
+        async with get_async_db_session() as session:
+            binds.append(session.bind)
+            session.add(User(email=f"child{i}@example.com"))
+
+    async with get_async_db_session() as outer:
+        # Concurrent children inherit the context; joining outer's connection would make
+        # them interleave statements on it.
+        await asyncio.gather(*(child(i) for i in range(5)))
+        outer.add(User(email="outer@example.com"))
+    assert binds == [db.engine] * 5
+    assert await emails() == {"outer@example.com"} | {f"child{i}@example.com" for i in range(5)}
+
+
+async def test_request_session_warns_when_nested_work_is_never_committed(db: Database) -> None:
+    request_session = asynccontextmanager(get_async_db)
+    with pytest.warns(UncommittedChangesWarning, match="nested"):
+        async with request_session() as request_db:
+            await request_db.execute(select(1))
+            async with get_async_db_session() as service_db:  # a service called by the route
+                service_db.add(User(email="service@example.com"))
+            # the route returns without await request_db.commit()
+    assert await emails() == set()
+
+
+async def test_request_session_commit_makes_nested_work_durable(db: Database) -> None:
+    async with asynccontextmanager(get_async_db)() as request_db:
+        async with get_async_db_session() as service_db:
+            service_db.add(User(email="service@example.com"))
+        await request_db.commit()
+    assert await emails() == {"service@example.com"}
+
+
+async def test_nesting_is_per_database(db: Database) -> None:
+    other = Database("sqlite://", application_name=APP_NAME)
+    async with get_async_db_session() as outer, other.get_async_db_session() as elsewhere:
+        assert elsewhere.bind is other.engine
+        assert outer.bind is db.engine
+    await other.dispose()

@@ -1,0 +1,170 @@
+"""URL mapping, options, environment variables and their errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from atom_async_db import (
+    ConfigurationError,
+    Database,
+    DriverNotInstalledError,
+    EmbeddedDatabaseError,
+    configure,
+    get_database,
+)
+from atom_async_db import _default as default_module
+from atom_async_db._settings import build_settings
+from tests.conftest import run_python
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATABASE_URL", "ATOM_DB_REQUIRE_URL", "ATOM_DB_POOL_SIZE", "ATOM_DB_ECHO",
+                 "ATOM_DB_APPLICATION_NAME", "ATOM_DB_POOL_PRE_PING"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(default_module, "_default", None)
+
+
+@pytest.mark.parametrize(
+    ("url", "async_url", "sync_driver"),
+    [
+        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db", None),
+        ("postgresql://u@h:5433/db", "postgresql+asyncpg://u@h:5433/db", None),
+        ("postgres://u@h/db", "postgresql+asyncpg://u@h/db", None),
+        ("postgresql+psycopg://u@h/db", "postgresql+asyncpg://u@h/db", "psycopg"),
+        ("postgresql+psycopg2://u@h/db", "postgresql+asyncpg://u@h/db", "psycopg2"),
+        ("postgresql://u@h/db?sslmode=require", "postgresql+asyncpg://u@h/db?ssl=require", None),
+        ("sqlite+aiosqlite:////srv/app.db", "sqlite+aiosqlite:////srv/app.db", None),
+        ("sqlite:////srv/app.db", "sqlite+aiosqlite:////srv/app.db", None),
+        ("sqlite+pysqlite:////srv/app.db", "sqlite+aiosqlite:////srv/app.db", "pysqlite"),
+    ],
+)
+def test_accepted_urls_map_to_the_async_driver(url: str, async_url: str, sync_driver: str | None) -> None:
+    settings = build_settings(url, environ={})
+    assert settings.url.render_as_string() == async_url
+    assert settings.sync_driver == sync_driver
+
+
+def test_relative_sqlite_path_is_resolved_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert build_settings("sqlite:///./app.db", environ={}).url.database == str(tmp_path / "app.db")
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite+aiosqlite:///:memory:"])
+def test_memory_urls_become_a_named_shared_database(url: str) -> None:
+    settings = build_settings(url, environ={})
+    assert settings.memory
+    assert settings.url.query == {"mode": "memory", "cache": "shared", "uri": "true"}
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("mysql://root:s3cret@h/db", "unknown database dialect 'mysql'"),
+        ("postgresql+pg8000://u:s3cret@h/db", "unknown PostgreSQL driver 'pg8000'"),
+        ("sqlite+pysqlcipher:///x.db", "unknown SQLite driver 'pysqlcipher'"),
+        ("not a url://u:s3cret@", "could not be parsed"),
+        ("postgresql://u:s3cret@h", "names no database"),
+    ],
+)
+def test_bad_urls_are_named_masked_and_explained(url: str, complaint: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Database(url)
+    message = str(raised.value)
+    assert complaint in message
+    assert "s3cret" not in message
+    assert "postgresql+asyncpg://" in message and "sqlite+aiosqlite:///" in message  # accepted forms
+
+
+def test_password_never_shows_in_repr_or_url() -> None:
+    database = Database("postgresql://app:s3cret@127.0.0.1/db")
+    assert "s3cret" not in repr(database) and "s3cret" not in database.url
+    assert "***" in repr(database)
+
+
+def test_non_string_url_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="must be a string"):
+        Database(42)  # type: ignore[arg-type]
+
+
+def test_missing_driver_names_the_extra_to_install() -> None:
+    output = run_python(
+        "import sys; sys.modules['asyncpg'] = None\n"
+        "import atom_async_db\n"
+        "try:\n"
+        "    atom_async_db.Database('postgresql://u:s3cret@h/db')\n"
+        "except atom_async_db.DriverNotInstalledError as e:\n"
+        "    print(e)\n"
+    )
+    assert "pip install 'atom_async_db[postgres]'" in output
+    assert "s3cret" not in output
+    assert issubclass(DriverNotInstalledError, ImportError)
+
+
+@pytest.mark.parametrize(
+    ("options", "complaint"),
+    [
+        ({"pool_size": 0}, "pool_size must be a whole number >= 1, got 0"),
+        ({"pool_size": "ten"}, "pool_size must be a whole number >= 1, got 'ten'"),
+        ({"pool_size": True}, "pool_size must be a whole number >= 1, got True"),
+        ({"max_overflow": -1}, "max_overflow must be a whole number >= 0"),
+        ({"pool_timeout": 0}, "pool_timeout must be a number of seconds > 0"),
+        ({"pool_recycle": 0}, "pool_recycle must be a whole number of seconds >= 1, or -1"),
+        ({"pool_pre_ping": "maybe"}, "pool_pre_ping must be a boolean"),
+        ({"application_name": ""}, "application_name must be a non-empty string"),
+        ({"pool_szie": 5}, "unknown option 'pool_szie' (did you mean 'pool_size'?)"),
+        ({"engine_options": ["echo"]}, "engine_options must be a mapping"),
+    ],
+)
+def test_bad_options_are_named_with_what_is_accepted(options: dict[str, object], complaint: str) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        Database("sqlite://", **options)
+    assert complaint in str(raised.value)
+
+
+def test_environment_sets_options_and_keywords_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATOM_DB_POOL_SIZE", "7")
+    monkeypatch.setenv("ATOM_DB_POOL_PRE_PING", "off")
+    settings = build_settings("postgresql://u@h/db")
+    assert (settings.pool_size, settings.pool_pre_ping, settings.max_overflow) == (7, False, 30)
+    assert build_settings("postgresql://u@h/db", pool_size=3).pool_size == 3
+
+
+def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATOM_DB_POOL_SIZE", "lots")
+    with pytest.raises(ConfigurationError, match="ATOM_DB_POOL_SIZE must be a whole number >= 1, got 'lots'"):
+        configure("sqlite://")
+
+
+def test_application_name_from_the_url_is_honoured() -> None:
+    settings = build_settings("postgresql://u@h/db?application_name=billing", environ={})
+    assert settings.application_name == "billing"
+    assert "application_name" not in settings.url.query
+
+
+def test_database_url_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/env.db")
+    assert get_database().settings.url.database == f"{tmp_path}/env.db"
+    assert get_database() is get_database()
+
+
+def test_fallback_to_embedded_sqlite_logs_one_warning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="atom_async_db"):
+        database = get_database()
+        assert get_database() is database
+    assert database.settings.url.database == str(tmp_path / "atom.db")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "DATABASE_URL is not set" in warnings[0] and "ATOM_DB_REQUIRE_URL" in warnings[0]
+
+
+def test_production_setting_forbids_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATOM_DB_REQUIRE_URL", "1")
+    with pytest.raises(EmbeddedDatabaseError, match="DATABASE_URL is not set"):
+        get_database()
