@@ -11,13 +11,19 @@ import sqlite3
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from ._settings import Settings
 
-__all__ = ["apply_sqlite_rules", "create_engine_for", "open_memory_anchor"]
+__all__ = ["MEMORY_CONCURRENCY_NOTE", "apply_sqlite_rules", "create_engine_for", "open_memory_anchor"]
+
+MEMORY_CONCURRENCY_NOTE = (
+    "atom_async_db: an in-memory SQLite database was written from two event loops or threads "
+    "at the same time; it serves one transaction at a time within one loop, and other loops "
+    "or threads cannot wait for it. Use a file database (sqlite:///path/to/file.db) there."
+)
 
 
 def create_engine_for(settings: Settings) -> AsyncEngine:
@@ -81,6 +87,14 @@ def apply_sqlite_rules(engine: Engine, settings: Settings) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    if memory:
+
+        @event.listens_for(engine, "handle_error")
+        def _explain_shared_cache_lock(context: ExceptionContext) -> None:
+            # Shared-cache databases lock whole tables and fail at once instead of waiting.
+            if "table is locked" in str(context.original_exception) and context.sqlalchemy_exception:
+                context.sqlalchemy_exception.add_note(MEMORY_CONCURRENCY_NOTE)
 
 
 def open_memory_anchor(settings: Settings) -> sqlite3.Connection:

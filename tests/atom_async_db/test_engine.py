@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from atom_async_db import Database
+from atom_async_db._engine import MEMORY_CONCURRENCY_NOTE
 from tests.conftest import APP_NAME, assert_no_leaks, our_backends, reset_schema
 from tests.models import Post, User
 
@@ -170,3 +172,36 @@ def test_memory_database_is_shared_by_every_loop_and_survives_dispose() -> None:
         return names
 
     assert asyncio.run(tables_of_other()) == []
+
+
+def test_memory_database_written_from_two_loops_at_once_explains_the_fix() -> None:
+    database = Database("sqlite://")
+    first_holds_lock = threading.Event()
+    release_first = threading.Event()
+
+    async def first() -> None:
+        await reset_schema(database)
+        async with database.get_async_db_session() as session:
+            session.add(User(email="first@example.com"))
+            await session.flush()
+            first_holds_lock.set()
+            await asyncio.to_thread(release_first.wait)
+        await database.dispose()
+
+    async def second() -> None:
+        try:
+            async with database.get_async_db_session() as session:
+                session.add(User(email="second@example.com"))
+        finally:
+            await database.dispose()
+
+    holder = threading.Thread(target=asyncio.run, args=(first(),))
+    holder.start()
+    try:
+        assert first_holds_lock.wait(10)
+        with pytest.raises(OperationalError, match="table is locked") as raised:
+            asyncio.run(second())
+        assert MEMORY_CONCURRENCY_NOTE in (raised.value.__notes__ or [])
+    finally:
+        release_first.set()
+        holder.join()
