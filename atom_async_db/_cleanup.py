@@ -36,7 +36,9 @@ async def run_to_completion(cleanup: Coroutine[Any, Any, None], *, deadline: flo
         while not task.done():
             remaining = give_up_at - loop.time()
             if remaining <= 0:
-                logger.error("session cleanup did not finish within %.1f s; abandoning it", deadline)
+                logger.error(
+                    "session cleanup did not finish within %.1f s; abandoning it", deadline
+                )
                 task.cancel()
                 break
             try:

@@ -17,7 +17,12 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from ._settings import Settings
 
-__all__ = ["MEMORY_CONCURRENCY_NOTE", "apply_sqlite_rules", "create_engine_for", "open_memory_anchor"]
+__all__ = [
+    "MEMORY_CONCURRENCY_NOTE",
+    "apply_sqlite_rules",
+    "create_engine_for",
+    "open_memory_anchor",
+]
 
 MEMORY_CONCURRENCY_NOTE = (
     "atom_async_db: an in-memory SQLite database was written from two event loops or threads "
@@ -93,7 +98,10 @@ def apply_sqlite_rules(engine: Engine, settings: Settings) -> None:
         @event.listens_for(engine, "handle_error")
         def _explain_shared_cache_lock(context: ExceptionContext) -> None:
             # Shared-cache databases lock whole tables and fail at once instead of waiting.
-            if "table is locked" in str(context.original_exception) and context.sqlalchemy_exception:
+            if (
+                "table is locked" in str(context.original_exception)
+                and context.sqlalchemy_exception
+            ):
                 context.sqlalchemy_exception.add_note(MEMORY_CONCURRENCY_NOTE)
 
 

@@ -16,6 +16,7 @@ parent's sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -79,10 +80,8 @@ class LoopEngines:
                 sentinel = self._dispose_at_shutdown(loop, engine)
                 # Run the generator up to its first yield without awaiting (it does no I/O
                 # before it), which registers it with the running loop's asyncgen hooks.
-                try:
+                with contextlib.suppress(StopIteration):
                     sentinel.asend(None).send(None)
-                except StopIteration:
-                    pass
                 entry = self._entries[loop] = _Entry(engine, sentinel)
             return entry
 
@@ -101,7 +100,9 @@ class LoopEngines:
                 try:
                     await asyncio.wait_for(engine.dispose(), self._dispose_timeout)
                 except Exception:
-                    logger.warning("disposing the engine of a finished event loop failed", exc_info=True)
+                    logger.warning(
+                        "disposing the engine of a finished event loop failed", exc_info=True
+                    )
 
     async def dispose_current(self) -> None:
         """Dispose the running loop's engine (if any); the next use creates a new one."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import warnings
-from contextvars import ContextVar, Token
+from contextvars import Token
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -93,7 +93,9 @@ class SessionScope:
             # The inner block must see what the outer one has done so far.
             await outer.session.flush()
             connection = await outer.session.connection()
-            session = database._sessionmaker(bind=connection, join_transaction_mode="create_savepoint")
+            session = database._sessionmaker(
+                bind=connection, join_transaction_mode="create_savepoint"
+            )
             self._outer = outer
         else:
             session = database._sessionmaker(bind=database.engine)
@@ -107,10 +109,11 @@ class SessionScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        session = self._session
-        assert session is not None and self._token is not None
+        session, token = self._session, self._token
+        assert session is not None
+        assert token is not None
         try:
-            self._database._active.reset(self._token)
+            self._database._active.reset(token)
         except ValueError:  # exited in another context than entered (a framework's choice)
             self._database._active.set(self._outer)
         if exc is not None:
@@ -136,16 +139,16 @@ class SessionScope:
         await self._release(session, graceful=True)
 
     async def _release(self, session: AsyncSession, *, graceful: bool) -> None:
-        timeout = self._database.settings.cleanup_timeout
-        await run_to_completion(_release(session, graceful, timeout), deadline=2 * timeout + 1)
+        limit = self._database.settings.cleanup_timeout
+        await run_to_completion(_release(session, graceful, limit), deadline=2 * limit + 1)
 
 
-async def _release(session: AsyncSession, graceful: bool, timeout: float) -> None:
+async def _release(session: AsyncSession, graceful: bool, limit: float) -> None:
     """Roll back what is uncommitted and give the connection back; invalidate it instead
     when its state is unknown (interrupted block) or the rollback fails or hangs."""
     if graceful:
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(limit):
                 if session.in_transaction():
                     await session.rollback()
                 await session.close()
@@ -153,7 +156,7 @@ async def _release(session: AsyncSession, graceful: bool, timeout: float) -> Non
         except Exception as error:
             logger.warning("rolling back a session failed (%r); invalidating its connection", error)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             await session.invalidate()
     except Exception as error:
         logger.warning("invalidating a session's connection failed (%r)", error)

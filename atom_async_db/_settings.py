@@ -36,7 +36,7 @@ ACCEPTED_URL_FORMS = (
     "sqlite+aiosqlite:///path/to/file.db (also sqlite:///path/to/file.db), "
     "sqlite:// or sqlite:///:memory: for an in-memory database"
 )
-# libpq spellings that asyncpg names differently, so URLs of existing deployments work as they stand.
+# libpq spellings that asyncpg names differently, so existing deployments' URLs work as they are.
 _ASYNCPG_QUERY_RENAMES = {"sslmode": "ssl", "connect_timeout": "timeout"}
 
 
@@ -104,7 +104,9 @@ def _recycle(value: object, label: str) -> int:
 
 def _application_name(value: object, label: str) -> str:
     if not isinstance(value, str) or not value or len(value.encode()) > 63:
-        raise ConfigurationError(f"{label} must be a non-empty string of at most 63 bytes, got {value!r}")
+        raise ConfigurationError(
+            f"{label} must be a non-empty string of at most 63 bytes, got {value!r}"
+        )
     return value
 
 
@@ -184,7 +186,8 @@ def _resolve_url(url: str | URL | None, environ: Mapping[str, str]) -> str | URL
 
 def _unsupported(raw: str | URL, reason: str) -> ConfigurationError:
     return ConfigurationError(
-        f"unsupported database URL {mask_url(raw)!r}: {reason}. Accepted forms: {ACCEPTED_URL_FORMS}"
+        f"unsupported database URL {mask_url(raw)!r}: {reason}. "
+        f"Accepted forms: {ACCEPTED_URL_FORMS}"
     )
 
 
@@ -233,7 +236,12 @@ def _normalise_url(raw: str | URL) -> tuple[URL, Dialect, str | None, bool]:
         if url.query.get("uri") not in {"true", "1"}:
             # Resolve now, so a later chdir() cannot point another loop or thread elsewhere.
             database = os.path.abspath(database)
-        return url.set(drivername="sqlite+aiosqlite", database=database), "sqlite", sync_driver, False
+        return (
+            url.set(drivername="sqlite+aiosqlite", database=database),
+            "sqlite",
+            sync_driver,
+            False,
+        )
     raise _unsupported(raw, f"unknown database dialect {backend!r}")
 
 
@@ -252,7 +260,8 @@ def build_settings(
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         hints = [
-            f"{name!r} (did you mean {match[0]!r}?)" if (match := difflib.get_close_matches(name, OPTIONS, 1))
+            f"{name!r} (did you mean {match[0]!r}?)"
+            if (match := difflib.get_close_matches(name, OPTIONS, 1))
             else repr(name)
             for name in unknown
         ]
@@ -277,7 +286,8 @@ def build_settings(
             values["application_name"] = _application_name(from_url, "application_name in the URL")
     if engine_options is not None and not isinstance(engine_options, Mapping):
         raise ConfigurationError(
-            f"engine_options must be a mapping of create_async_engine() keywords, got {engine_options!r}"
+            "engine_options must be a mapping of create_async_engine() keywords, "
+            f"got {engine_options!r}"
         )
     return Settings(
         url=async_url,

@@ -98,7 +98,9 @@ async def our_backends(url: str, *, state: str | None = None) -> list[str]:
 async def assert_no_leaks(database: Database) -> None:
     gc.collect()
     for engine in database._engines.engines():
-        assert engine.pool.checkedout() == 0, f"connections left checked out: {engine.pool.status()}"
+        assert engine.pool.checkedout() == 0, (
+            f"connections left checked out: {engine.pool.status()}"
+        )
     if database.settings.dialect == "postgresql":
         stuck = [s for s in await our_backends(database.url) if s.startswith("idle in transaction")]
         assert stuck == [], f"backends left in a transaction: {stuck}"
@@ -147,7 +149,9 @@ async def db(make_default: Callable[..., Awaitable[Database]]) -> Database:
 # --------------------------------------------------------------------------- subprocesses
 
 
-def run_python(code: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> str:
+def run_python(
+    code: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> str:
     """Run ``code`` in a fresh interpreter under ``-X dev -W error``; return its output.
 
     Fails the test with the output when the child exits non-zero or prints a warning.
@@ -202,8 +206,19 @@ class ThrowawayCluster:
 
     def pg_ctl(self, action: str) -> None:
         options = f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.datadir / "data"), "-o", options, "-m", "fast",
-                  "-w", "-l", str(self.datadir / "log"), action)
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.datadir / "data"),
+            "-o",
+            options,
+            "-m",
+            "fast",
+            "-w",
+            "-l",
+            str(self.datadir / "log"),
+            action,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -218,7 +233,9 @@ def pg_cluster() -> Iterator[ThrowawayCluster]:
     if os.geteuid() == 0:
         shutil.chown(datadir, "postgres", "postgres")
     cluster = ThrowawayCluster(bindir, datadir, _free_port())
-    cluster._run("initdb", "-D", str(datadir / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+    cluster._run(
+        "initdb", "-D", str(datadir / "data"), "-A", "trust", "-U", "postgres", "--no-sync"
+    )
     cluster.pg_ctl("start")
     try:
         yield cluster

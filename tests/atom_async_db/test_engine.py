@@ -18,8 +18,14 @@ from tests.models import Post, User
 
 async def test_pool_settings_follow_the_seed_and_the_options(postgres_url: str) -> None:
     default = Database(postgres_url, application_name=APP_NAME)
-    tuned = Database(postgres_url, application_name=APP_NAME, pool_size=3, max_overflow=2,
-                     pool_timeout=7, pool_recycle=60)
+    tuned = Database(
+        postgres_url,
+        application_name=APP_NAME,
+        pool_size=3,
+        max_overflow=2,
+        pool_timeout=7,
+        pool_recycle=60,
+    )
     assert (default.engine.pool.size(), default.engine.pool._max_overflow) == (20, 30)  # type: ignore[attr-defined]
     assert default.engine.pool._pre_ping is True  # type: ignore[attr-defined]
     pool = tuned.engine.pool
@@ -54,8 +60,10 @@ async def test_every_pooled_sqlite_connection_gets_the_pragmas(sqlite_file: Data
     async def pragmas(all_connected: asyncio.Barrier) -> tuple[object, ...]:
         async with sqlite_file.engine.connect() as connection:
             await all_connected.wait()  # five connections out of the pool at once
-            rows = [await connection.exec_driver_sql(f"pragma {p}") for p in
-                    ("journal_mode", "foreign_keys", "busy_timeout")]
+            rows = [
+                await connection.exec_driver_sql(f"pragma {p}")
+                for p in ("journal_mode", "foreign_keys", "busy_timeout")
+            ]
             return tuple(row.scalar() for row in rows)
 
     five = asyncio.Barrier(5)

@@ -155,7 +155,8 @@ async def main():
         os._exit(code)
     parent_after = await backend_pids(100)
     _, status = os.waitpid(child, 0)
-    print("child exit", os.waitstatus_to_exitcode(status), "parent reused", parent_after <= parent_before)
+    reused = parent_after <= parent_before
+    print("child exit", os.waitstatus_to_exitcode(status), "parent reused", reused)
 
 asyncio.run(main())
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 
+import anyio
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
@@ -63,7 +64,11 @@ async def test_objects_stay_readable_after_the_block(db: Database) -> None:
         session.add(user)
     # expire_on_commit=False: no lazy refresh, so no MissingGreenlet outside the session.
     assert (user.id, user.email, user.first_name, user.status, user.version) == (
-        user.id, "ada@example.com", "Ada", "active", 1,
+        user.id,
+        "ada@example.com",
+        "Ada",
+        "active",
+        1,
     )
     assert isinstance(user.id, int)
 
@@ -162,5 +167,37 @@ async def test_dependency_closed_early_rolls_back_quietly(db: Database) -> None:
     session.add(User(email="abandoned@example.com"))
     await session.flush()
     await dependency.aclose()  # GeneratorExit: rolled back, connection returned, no warning
+    assert db.engine.pool.checkedout() == 0
+    assert await count_users() == 0
+
+
+async def test_cancelled_request_session_is_released(db: Database) -> None:
+    entered = asyncio.Event()
+
+    async def route() -> None:
+        async with request_session() as session:
+            session.add(User(email="cancelled@example.com"))
+            await session.flush()
+            entered.set()
+            await asyncio.Event().wait()  # the client went away
+
+    task = asyncio.create_task(route())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert db.engine.pool.checkedout() == 0
+    assert await count_users() == 0
+
+
+async def test_anyio_cancel_scope_cannot_interrupt_the_cleanup(db: Database) -> None:
+    # anyio cancels every await inside a cancelled scope again and again, the cleanup's
+    # ROLLBACK included, unless the cleanup is shielded from it.
+    with anyio.move_on_after(0.05) as scope:
+        async with get_async_db_session() as session:
+            session.add(User(email="scoped@example.com"))
+            await session.flush()
+            await asyncio.Event().wait()
+    assert scope.cancelled_caught
     assert db.engine.pool.checkedout() == 0
     assert await count_users() == 0

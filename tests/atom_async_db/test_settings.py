@@ -22,8 +22,14 @@ from tests.conftest import run_python
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("DATABASE_URL", "ATOM_DB_REQUIRE_URL", "ATOM_DB_POOL_SIZE", "ATOM_DB_ECHO",
-                 "ATOM_DB_APPLICATION_NAME", "ATOM_DB_POOL_PRE_PING"):
+    for name in (
+        "DATABASE_URL",
+        "ATOM_DB_REQUIRE_URL",
+        "ATOM_DB_POOL_SIZE",
+        "ATOM_DB_ECHO",
+        "ATOM_DB_APPLICATION_NAME",
+        "ATOM_DB_POOL_PRE_PING",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(default_module, "_default", None)
 
@@ -42,13 +48,17 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         ("sqlite+pysqlite:////srv/app.db", "sqlite+aiosqlite:////srv/app.db", "pysqlite"),
     ],
 )
-def test_accepted_urls_map_to_the_async_driver(url: str, async_url: str, sync_driver: str | None) -> None:
+def test_accepted_urls_map_to_the_async_driver(
+    url: str, async_url: str, sync_driver: str | None
+) -> None:
     settings = build_settings(url, environ={})
     assert settings.url.render_as_string() == async_url
     assert settings.sync_driver == sync_driver
 
 
-def test_relative_sqlite_path_is_resolved_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_sqlite_path_is_resolved_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert build_settings("sqlite:///./app.db", environ={}).url.database == str(tmp_path / "app.db")
 
@@ -76,7 +86,9 @@ def test_bad_urls_are_named_masked_and_explained(url: str, complaint: str) -> No
     message = str(raised.value)
     assert complaint in message
     assert "s3cret" not in message
-    assert "postgresql+asyncpg://" in message and "sqlite+aiosqlite:///" in message  # accepted forms
+    assert (
+        "postgresql+asyncpg://" in message and "sqlite+aiosqlite:///" in message
+    )  # accepted forms
 
 
 def test_password_never_shows_in_repr_or_url() -> None:
@@ -119,7 +131,9 @@ def test_missing_driver_names_the_extra_to_install() -> None:
         ({"engine_options": ["echo"]}, "engine_options must be a mapping"),
     ],
 )
-def test_bad_options_are_named_with_what_is_accepted(options: dict[str, object], complaint: str) -> None:
+def test_bad_options_are_named_with_what_is_accepted(
+    options: dict[str, object], complaint: str
+) -> None:
     with pytest.raises(ConfigurationError) as raised:
         Database("sqlite://", **options)
     assert complaint in str(raised.value)
@@ -135,7 +149,9 @@ def test_environment_sets_options_and_keywords_win(monkeypatch: pytest.MonkeyPat
 
 def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ATOM_DB_POOL_SIZE", "lots")
-    with pytest.raises(ConfigurationError, match="ATOM_DB_POOL_SIZE must be a whole number >= 1, got 'lots'"):
+    with pytest.raises(
+        ConfigurationError, match="ATOM_DB_POOL_SIZE must be a whole number >= 1, got 'lots'"
+    ):
         configure("sqlite://")
 
 
