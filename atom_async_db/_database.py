@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from typing import Any
 
@@ -91,7 +92,9 @@ class Database:
         """
         return self._engines.current()
 
-    def get_async_db_session(self, *, independent: bool = False) -> SessionScope:
+    def get_async_db_session(
+        self, *, independent: bool = False
+    ) -> AbstractAsyncContextManager[AsyncSession]:
         """A session that commits on success, rolls back on error and is always closed.
 
         Same as :func:`atom_async_db.get_async_db_session`, on this database.

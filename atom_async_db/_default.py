@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from sqlalchemy.engine import URL
@@ -59,7 +60,7 @@ def get_database() -> Database:
     return database
 
 
-def get_async_db_session(*, independent: bool = False) -> SessionScope:
+def get_async_db_session(*, independent: bool = False) -> AbstractAsyncContextManager[AsyncSession]:
     """Open a session for services, workers and scripts: ``async with`` it.
 
     Commits when the block exits cleanly, rolls back when it raises (the exception

@@ -4,9 +4,9 @@ a throwaway PostgreSQL cluster.
 - Every contract test takes the ``db`` fixture, parametrized over three backends: a SQLite
   file in ``tmp_path``, SQLite ``:memory:`` and PostgreSQL (``ATOM_TEST_POSTGRES_URL``).
   PostgreSQL unreachable: its tests skip with the reason, or fail when ``CI=true``.
-- After each test the leak checker asserts that nothing is checked out of any pool and
-  that no backend with our ``application_name`` sits ``idle in transaction``; then the
-  engines are disposed. Warnings are errors (pyproject), and a ``gc.collect()`` in the
+- After each test the leak checker asserts that nothing is checked out of any pool, that
+  no backend with our ``application_name`` sits ``idle in transaction`` and that nothing
+  logged an ERROR (pool resets, destroyed tasks); then the engines are disposed. Warnings are errors (pyproject), and a ``gc.collect()`` in the
   teardown makes a garbage-collector warning fail the test that caused it.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import os
 import shutil
 import socket
@@ -120,9 +121,21 @@ async def _teardown(database: Database) -> None:
     await database.dispose()
 
 
+def assert_no_error_logs(caplog: pytest.LogCaptureFixture) -> None:
+    """No ERROR from the pool ("Exception during reset"), asyncio ("Task was destroyed",
+    "Future exception was never retrieved") or from us."""
+    errors = [
+        f"{record.name}: {record.getMessage()}"
+        for record in caplog.records
+        if record.levelno >= logging.ERROR
+        and record.name.split(".")[0] in {"sqlalchemy", "asyncio", "atom_async_db"}
+    ]
+    assert errors == []
+
+
 @pytest.fixture
 async def make_default(
-    backend_url: str, monkeypatch: pytest.MonkeyPatch
+    backend_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> AsyncIterator[Callable[..., Awaitable[Database]]]:
     """``await make_default(**options)``: configure the default database on the test's
     backend with fresh tables; every database it made is leak-checked and disposed after."""
@@ -138,6 +151,7 @@ async def make_default(
     yield configure
     for database in reversed(made):
         await _teardown(database)
+    assert_no_error_logs(caplog)
 
 
 @pytest.fixture
