@@ -119,3 +119,41 @@ async def test_nesting_is_per_database(db: Database) -> None:
         assert elsewhere.bind is other.engine
         assert outer.bind is db.engine
     await other.dispose()
+
+
+async def test_three_levels_deep_commit_once_at_the_top(one_connection: Database) -> None:
+    async with get_async_db_session() as top:
+        top.add(User(email="top@example.com"))
+        async with get_async_db_session() as middle:
+            middle.add(User(email="middle@example.com"))
+            with pytest.raises(KeyError):
+                async with get_async_db_session() as bottom:
+                    bottom.add(User(email="bottom@example.com"))
+                    await bottom.flush()
+                    raise KeyError("bottom failed")
+            async with get_async_db_session() as sibling:
+                sibling.add(User(email="sibling@example.com"))
+    assert await emails() == {"top@example.com", "middle@example.com", "sibling@example.com"}
+
+
+async def test_cancellation_inside_a_nested_block_releases_the_shared_connection(
+    db: Database,
+) -> None:
+    inside = asyncio.Event()
+
+    async def worker() -> None:
+        async with get_async_db_session() as outer:
+            outer.add(User(email="outer@example.com"))
+            async with get_async_db_session() as inner:
+                inner.add(User(email="inner@example.com"))
+                await inner.flush()
+                inside.set()
+                await asyncio.Event().wait()
+
+    task = asyncio.create_task(worker())
+    await inside.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert db.engine.pool.checkedout() == 0
+    assert await emails() == set()
