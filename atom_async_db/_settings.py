@@ -120,7 +120,10 @@ class _Option:
 
 #: Every option ``configure()`` and ``Database()`` accept besides ``url`` and ``engine_options``.
 OPTIONS: Mapping[str, _Option] = {
-    "pool_size": _Option("ATOM_DB_POOL_SIZE", _int_at_least(1), 20, 5),
+    # SQLite: every transaction holds the database's single write lock (BEGIN IMMEDIATE), so
+    # one connection per loop queues sessions in order; more connections only poll the
+    # lock in SQLite's busy handler (measured: 782 vs 608 point reads/s at 50 clients).
+    "pool_size": _Option("ATOM_DB_POOL_SIZE", _int_at_least(1), 20, 1),
     "max_overflow": _Option("ATOM_DB_MAX_OVERFLOW", _int_at_least(0), 30, 0),
     "pool_timeout": _Option("ATOM_DB_POOL_TIMEOUT", _positive_float, 30.0, 30.0),
     "pool_recycle": _Option("ATOM_DB_POOL_RECYCLE", _recycle, 1800, -1),

@@ -6,8 +6,9 @@ a throwaway PostgreSQL cluster.
   PostgreSQL unreachable: its tests skip with the reason, or fail when ``CI=true``.
 - After each test the leak checker asserts that nothing is checked out of any pool, that
   no backend with our ``application_name`` sits ``idle in transaction`` and that nothing
-  logged an ERROR (pool resets, destroyed tasks); then the engines are disposed. Warnings are errors (pyproject), and a ``gc.collect()`` in the
-  teardown makes a garbage-collector warning fail the test that caused it.
+  logged an ERROR (pool resets, destroyed tasks); then the engines are disposed.
+  Warnings are errors (pyproject), and a ``gc.collect()`` in the teardown makes a
+  garbage-collector warning fail the test that caused it.
 """
 
 from __future__ import annotations

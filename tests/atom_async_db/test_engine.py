@@ -114,7 +114,7 @@ async def test_sqlite_savepoints_roll_back_only_their_part(sqlite_file: Database
 
 
 async def test_sqlite_second_writer_waits_for_the_busy_timeout(tmp_path: Path) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'busy.db'}", sqlite_busy_timeout=0.2)
+    database = Database(f"sqlite:///{tmp_path / 'busy.db'}", pool_size=2, sqlite_busy_timeout=0.2)
     await reset_schema(database)
     async with database.get_async_db_session() as outer:
         outer.add(User(email="outer@example.com"))
