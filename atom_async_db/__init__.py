@@ -17,6 +17,7 @@ from .exceptions import (
     DriverNotInstalledError,
     EmbeddedDatabaseError,
     NoEventLoopError,
+    SessionNestingError,
     UncommittedChangesWarning,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "DriverNotInstalledError",
     "EmbeddedDatabaseError",
     "NoEventLoopError",
+    "SessionNestingError",
     "UncommittedChangesWarning",
     "configure",
     "dispose",

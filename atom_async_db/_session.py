@@ -26,12 +26,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from ._cleanup import run_to_completion
-from .exceptions import UncommittedChangesWarning
+from .exceptions import SessionNestingError, UncommittedChangesWarning
 
 if TYPE_CHECKING:
     from ._database import Database
@@ -40,6 +40,7 @@ logger = logging.getLogger("atom_async_db")
 
 _UNSAVED = "atom_async_db.unsaved"  # flushed (or joined-in) writes awaiting the real COMMIT
 _WROTE = "atom_async_db.wrote"  # the session flushed at least once in its life
+_DELETED = "atom_async_db.deleted"  # identity keys this session deleted
 
 
 class TrackedSession(Session):
@@ -49,12 +50,37 @@ class TrackedSession(Session):
 @event.listens_for(TrackedSession, "after_flush")
 def _after_flush(session: Session, _flush_context: Any) -> None:
     session.info[_UNSAVED] = session.info[_WROTE] = True
+    if session.deleted:  # still the pre-flush lists here
+        deleted = session.info.setdefault(_DELETED, set())
+        deleted.update(inspect(obj).identity_key for obj in session.deleted)
+
+
+def _propagate_to_outer(inner: AsyncSession, outer: AsyncSession) -> None:
+    """Make the outer session's objects reflect what a nested block wrote.
+
+    Each block has its own identity map; without this, an object the outer block loaded
+    keeps its old values after the inner block changed the row, and a later write from the
+    outer would silently overwrite the inner change.
+    """
+    outer_map = outer.sync_session.identity_map
+    for key in inner.info.get(_DELETED, ()):
+        stale = outer_map.get(key)
+        if stale is not None:
+            outer.sync_session.expunge(stale)
+    for obj in list(inner.sync_session.identity_map.values()):
+        if inspect(obj).identity_key in outer_map:
+            outer.sync_session.merge(obj, load=False)
 
 
 @event.listens_for(TrackedSession, "after_transaction_end")
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         session.info[_UNSAVED] = False
+
+
+def _holds_connection(session: AsyncSession) -> bool:
+    transaction = session.sync_session.get_transaction()
+    return bool(transaction is not None and transaction._connections)
 
 
 def has_unsaved_changes(session: AsyncSession) -> bool:
@@ -98,6 +124,18 @@ class SessionScope:
             )
             self._outer = outer
         else:
+            if (
+                outer is not None
+                and outer.task is task
+                and database.settings.dialect == "sqlite"
+                and _holds_connection(outer.session)
+            ):
+                raise SessionNestingError(
+                    "get_async_db_session(independent=True) cannot start on SQLite while this "
+                    "task's outer session holds a transaction: SQLite runs one transaction at "
+                    "a time, so each would wait for the other. Commit the outer session first, "
+                    "or drop independent=True to join the outer transaction."
+                )
             session = database._sessionmaker(bind=database.engine)
         self._session = session
         self._token = database._active.set(ActiveScope(task, session))
@@ -136,6 +174,7 @@ class SessionScope:
             raise
         if self._outer is not None and session.info.get(_WROTE):
             self._outer.session.info[_UNSAVED] = True
+            _propagate_to_outer(session, self._outer.session)
         await self._release(session, graceful=True)
 
     async def _release(self, session: AsyncSession, *, graceful: bool) -> None:

@@ -43,9 +43,10 @@ _ASYNCPG_QUERY_RENAMES = {"sslmode": "ssl", "connect_timeout": "timeout"}
 def mask_url(url: str | URL) -> str:
     """Render a database URL for humans: the password is always replaced by ``***``."""
     if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    # An unparsable string still must not leak what sits between "user:" and "@".
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        text = url.render_as_string(hide_password=True)
+    else:  # an unparsable string still must not leak what sits between "user:" and "@"
+        text = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", text)  # libpq takes it there too
 
 
 # --------------------------------------------------------------------------- options

@@ -15,6 +15,7 @@ __all__ = [
     "DriverNotInstalledError",
     "EmbeddedDatabaseError",
     "NoEventLoopError",
+    "SessionNestingError",
     "UncommittedChangesWarning",
 ]
 
@@ -43,6 +44,15 @@ class NoEventLoopError(AtomDBError, RuntimeError):
 
     Async engines belong to the loop that uses them; ask for ``Database.engine``
     from inside a coroutine.
+    """
+
+
+class SessionNestingError(AtomDBError, RuntimeError):
+    """A nested session cannot be opened the way it was asked for.
+
+    Raised for ``get_async_db_session(independent=True)`` on SQLite while the same task's
+    outer session holds a transaction: SQLite runs one transaction at a time, so the
+    independent session would wait for the outer one, which waits for it.
     """
 
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from atom_async_db import Database
+from atom_async_db import Database, SessionNestingError
 from atom_async_db._engine import MEMORY_CONCURRENCY_NOTE
 from tests.conftest import APP_NAME, assert_no_leaks, our_backends, reset_schema
 from tests.models import Post, User
@@ -113,17 +113,33 @@ async def test_sqlite_savepoints_roll_back_only_their_part(sqlite_file: Database
         assert set((await session.execute(select(User.email))).scalars()) == {"kept@example.com"}
 
 
-async def test_sqlite_second_writer_waits_for_the_busy_timeout(tmp_path: Path) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'busy.db'}", pool_size=2, sqlite_busy_timeout=0.2)
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///{tmp_path}/busy.db"])
+async def test_sqlite_independent_session_inside_a_transaction_fails_at_once(
+    url: str, tmp_path: Path
+) -> None:
+    database = Database(url.format(tmp_path=tmp_path), pool_size=2)
     await reset_schema(database)
     async with database.get_async_db_session() as outer:
-        outer.add(User(email="outer@example.com"))
-        await outer.flush()  # outer holds SQLite's single write lock
-        # Also true of an independent session nested in it: SQLite has one writer at a time.
-        with pytest.raises(OperationalError, match="database is locked"):
-            async with database.get_async_db_session(independent=True) as other:
-                await other.execute(select(1))
+        await outer.execute(select(1))  # outer holds a transaction: SQLite's one at a time
+        with pytest.raises(SessionNestingError, match="drop independent=True"):
+            async with database.get_async_db_session(independent=True):
+                pass
     await database.dispose()
+
+
+async def test_sqlite_second_writer_waits_for_the_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "busy.db"
+    holder = Database(f"sqlite:///{path}")
+    other = Database(f"sqlite:///{path}", sqlite_busy_timeout=0.2)  # another process, say
+    await reset_schema(holder)
+    async with holder.get_async_db_session() as session:
+        session.add(User(email="holder@example.com"))
+        await session.flush()  # holder holds the write lock
+        with pytest.raises(OperationalError, match="database is locked"):
+            async with other.get_async_db_session() as blocked:
+                await blocked.execute(select(1))
+    await holder.dispose()
+    await other.dispose()
 
 
 async def test_memory_sessions_take_turns_and_never_undo_each_other() -> None:

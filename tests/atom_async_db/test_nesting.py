@@ -157,3 +157,22 @@ async def test_cancellation_inside_a_nested_block_releases_the_shared_connection
         await task
     assert db.engine.pool.checkedout() == 0
     assert await emails() == set()
+
+
+async def test_outer_objects_reflect_what_the_inner_block_wrote(db: Database) -> None:
+    async with get_async_db_session() as session:
+        session.add_all([User(email="a@example.com", data_count=1), User(email="b@example.com")])
+    async with get_async_db_session() as outer:
+        a = (await outer.execute(select(User).filter_by(email="a@example.com"))).scalar_one()
+        b = (await outer.execute(select(User).filter_by(email="b@example.com"))).scalar_one()
+        async with get_async_db_session() as inner:
+            inner_a = await inner.get(User, a.id)
+            assert inner_a is not None
+            inner_a.data_count += 1
+            await inner.delete(await inner.get(User, b.id))
+        assert a.data_count == 2  # not the stale 1
+        assert b not in outer
+        a.data_count += 10  # no lost update: 1 + 1 + 10
+    async with get_async_db_session() as session:
+        counts = (await session.execute(select(User.email, User.data_count))).all()
+    assert counts == [("a@example.com", 12)]

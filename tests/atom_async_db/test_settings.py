@@ -91,8 +91,11 @@ def test_bad_urls_are_named_masked_and_explained(url: str, complaint: str) -> No
     )  # accepted forms
 
 
-def test_password_never_shows_in_repr_or_url() -> None:
-    database = Database("postgresql://app:s3cret@127.0.0.1/db")
+@pytest.mark.parametrize(
+    "url", ["postgresql://app:s3cret@127.0.0.1/db", "postgresql://app@127.0.0.1/db?password=s3cret"]
+)
+def test_password_never_shows_in_repr_or_url(url: str) -> None:
+    database = Database(url)
     assert "s3cret" not in repr(database) and "s3cret" not in database.url
     assert "***" in repr(database)
 
