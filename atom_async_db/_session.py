@@ -114,8 +114,9 @@ class SessionScope:
             raise RuntimeError("a session scope cannot be entered twice; call the function again")
         database = self._database
         task = asyncio.current_task()
-        outer = database._active.get()
-        if outer is not None and outer.task is task and not self._independent:
+        active = database._active.get()
+        outer = active if active is not None and active.task is task else None
+        if outer is not None and not self._independent:
             # The inner block must see what the outer one has done so far.
             await outer.session.flush()
             connection = await outer.session.connection()
@@ -126,7 +127,6 @@ class SessionScope:
         else:
             if (
                 outer is not None
-                and outer.task is task
                 and database.settings.dialect == "sqlite"
                 and _holds_connection(outer.session)
             ):
@@ -153,7 +153,8 @@ class SessionScope:
         try:
             self._database._active.reset(token)
         except ValueError:  # exited in another context than entered (a framework's choice)
-            self._database._active.set(self._outer)
+            previous = token.old_value
+            self._database._active.set(None if previous is Token.MISSING else previous)
         if exc is not None:
             # GeneratorExit: a dependency generator closed by its consumer, not interrupted.
             await self._release(session, graceful=isinstance(exc, (Exception, GeneratorExit)))

@@ -34,7 +34,7 @@ ACCEPTED_URL_FORMS = (
     "postgresql+asyncpg://user:password@host:5432/dbname (also postgresql://, postgres://, "
     "postgresql+psycopg://, postgresql+psycopg2://), "
     "sqlite+aiosqlite:///path/to/file.db (also sqlite:///path/to/file.db), "
-    "sqlite:// or sqlite:///:memory: for an in-memory database"
+    "sqlite://, sqlite:/// or sqlite:///:memory: for an in-memory database"
 )
 # libpq spellings that asyncpg names differently, so existing deployments' URLs work as they are.
 _ASYNCPG_QUERY_RENAMES = {"sslmode": "ssl", "connect_timeout": "timeout"}
