@@ -29,12 +29,13 @@ from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 import atom_async_db
 from atom_async_db import Database
 from atom_async_db import _default as default_module
-from tests.models import Base
+from tests.models import Base, User
 
 POSTGRES_URL = os.environ.get(
     "ATOM_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -106,6 +107,12 @@ async def assert_no_leaks(database: Database) -> None:
     if database.settings.dialect == "postgresql":
         stuck = [s for s in await our_backends(database.url) if s.startswith("idle in transaction")]
         assert stuck == [], f"backends left in a transaction: {stuck}"
+
+
+async def emails() -> set[str]:
+    """The users' e-mails in the default database, read by a session of its own."""
+    async with atom_async_db.get_async_db_session(independent=True) as session:
+        return set((await session.execute(select(User.email))).scalars())
 
 
 async def reset_schema(database: Database) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import atom_async_db
 from atom_async_db import Database, get_async_db, get_async_db_session
 from atom_async_db.fastapi import AsyncDB, lifespan
-from tests.conftest import run_python
+from tests.conftest import emails, run_python
 from tests.models import User
 
 
@@ -78,11 +78,6 @@ async def client(db: Database) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client
-
-
-async def emails() -> set[str]:
-    async with get_async_db_session() as db:
-        return set((await db.execute(select(User.email))).scalars())
 
 
 async def test_create_then_get_user(client: httpx.AsyncClient) -> None:

@@ -11,13 +11,8 @@ import pytest
 from sqlalchemy import func, select
 
 from atom_async_db import Database, UncommittedChangesWarning, get_async_db, get_async_db_session
-from tests.conftest import APP_NAME
+from tests.conftest import APP_NAME, emails
 from tests.models import User
-
-
-async def emails() -> set[str]:
-    async with get_async_db_session(independent=True) as db:
-        return set((await db.execute(select(User.email))).scalars())
 
 
 @pytest.fixture
