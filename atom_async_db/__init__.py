@@ -18,6 +18,8 @@ from .exceptions import (
     EmbeddedDatabaseError,
     NoEventLoopError,
     SessionNestingError,
+    SyncSessionOnEventLoopError,
+    SyncSessionOnEventLoopWarning,
     UncommittedChangesWarning,
 )
 
@@ -31,6 +33,8 @@ __all__ = [
     "EmbeddedDatabaseError",
     "NoEventLoopError",
     "SessionNestingError",
+    "SyncSessionOnEventLoopError",
+    "SyncSessionOnEventLoopWarning",
     "UncommittedChangesWarning",
     "configure",
     "dispose",

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from contextvars import ContextVar
 from typing import Any
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from ._engine import create_engine_for, open_memory_anchor
+from ._engine import create_engine_for, create_sync_engine_for, open_memory_anchor
 from ._loops import LoopEngines
 from ._session import ActiveScope, SessionScope, TrackedSession
 from ._settings import Settings, build_settings
@@ -69,6 +71,8 @@ class Database:
         self._active: ContextVar[ActiveScope | None] = ContextVar(
             "atom_async_db.active_scope", default=None
         )
+        self._sync_engine: Engine | None = None
+        self._sync_engine_lock = threading.Lock()
         if settings.memory:
             anchor = open_memory_anchor(settings)
             weakref.finalize(self, anchor.close)
@@ -92,6 +96,27 @@ class Database:
         """
         return self._engines.current()
 
+    @property
+    def sync_engine(self) -> Engine:
+        """The sync engine of the legacy layer (``sync_compat``), created on first use.
+
+        Same database, settings and pool rules as the async engines, with a sync driver
+        (psycopg or psycopg2, sqlite3) and a pool of its own (``sync_pool_size`` +
+        ``sync_max_overflow``), shared by all threads. Legacy code run through
+        ``sync_compat.run_legacy`` does not use it: it goes through the async pool.
+
+        Raises:
+            DriverNotInstalledError: PostgreSQL and psycopg is not installed.
+        """
+        engine = self._sync_engine
+        if engine is None:
+            with self._sync_engine_lock:
+                engine = self._sync_engine
+                if engine is None:
+                    engine = self._sync_engine = create_sync_engine_for(self.settings)
+                    _forget_in_forked_children(engine)
+        return engine
+
     def get_async_db_session(
         self, *, independent: bool = False
     ) -> AbstractAsyncContextManager[AsyncSession]:
@@ -110,13 +135,35 @@ class Database:
             yield session
 
     async def dispose(self) -> None:
-        """Close the pooled connections of the running loop's engine.
+        """Close the pooled connections of the running loop's engine and of the sync engine.
 
-        The next use opens a new engine. Engines of other loops are disposed when their
-        loop shuts down. An in-memory SQLite database keeps its data until the
-        ``Database`` itself is garbage collected.
+        The next use opens new ones. Engines of other loops are disposed when their loop
+        shuts down. An in-memory SQLite database keeps its data until the ``Database``
+        itself is garbage collected.
         """
         await self._engines.dispose_current()
+        self.dispose_sync_engine()
+
+    def dispose_sync_engine(self) -> None:
+        """Close the sync engine's pooled connections (no-op if it was never used).
+
+        For sync programs, which have no loop to ``await dispose()`` on; the next sync
+        session opens new connections.
+        """
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
 
     def __repr__(self) -> str:
         return f"Database({self.url!r})"
+
+
+def _forget_in_forked_children(engine: Engine) -> None:
+    # The parent's sockets are the parent's: a forked child drops them unclosed.
+    reference = weakref.ref(engine)
+
+    def forget() -> None:
+        engine = reference()
+        if engine is not None:
+            engine.dispose(close=False)
+
+    os.register_at_fork(after_in_child=forget)

@@ -1,28 +1,44 @@
 """Engine rules per dialect: pool settings, ``application_name``, and the SQLite profile
 (WAL, busy timeout, foreign keys, ``BEGIN IMMEDIATE``, shared in-memory database).
 
-The SQLite listeners work on any sync ``Engine``, so the compat layer's sync engine gets
-exactly the same rules as the async one.
+Both engines of a database are built here from the same settings: the async engine
+(asyncpg, aiosqlite) and the legacy layer's sync engine (psycopg or psycopg2, sqlite3), so
+they get the same pool rules, the same ``application_name`` and the same SQLite profile.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
+import logging
 import sqlite3
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 
 from ._settings import Settings
+from .exceptions import DriverNotInstalledError
+
+logger = logging.getLogger("atom_async_db")
 
 __all__ = [
+    "LOOP_THREAD_LOCK_NOTE",
     "MEMORY_CONCURRENCY_NOTE",
     "apply_sqlite_rules",
     "create_engine_for",
+    "create_sync_engine_for",
     "open_memory_anchor",
 ]
+
+LOOP_THREAD_LOCK_NOTE = (
+    "atom_async_db: this sync session runs on an event loop's thread, where waiting for "
+    "SQLite's write lock would stop every task of the loop, including the one holding the "
+    "lock; so it failed at once instead of waiting. Run this code with "
+    "`await sync_compat.run_legacy(fn)` or move it to the async API."
+)
 
 MEMORY_CONCURRENCY_NOTE = (
     "atom_async_db: an in-memory SQLite database was written from two event loops or threads "
@@ -63,8 +79,52 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
     return engine
 
 
-def apply_sqlite_rules(engine: Engine, settings: Settings) -> None:
-    """Install the SQLite profile on a (sync or async-backing) engine.
+def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None = None) -> Engine:
+    """Create the legacy layer's sync engine for ``settings`` (one per database).
+
+    The pool is ``sync_pool_size`` + ``sync_max_overflow``; ``engine_options`` apply as for
+    the async engine, except ``connect_args``, which are the async driver's.
+    """
+    url = settings.sync_url
+    if settings.dialect == "postgresql":
+        driver = url.get_driver_name()
+        if importlib.util.find_spec(driver) is None and driver != "psycopg":
+            logger.info("the sync driver %r is not installed; using psycopg 3 instead", driver)
+            driver = "psycopg"
+            url = url.set(drivername="postgresql+psycopg")
+        if importlib.util.find_spec(driver) is None:
+            raise DriverNotInstalledError(
+                "sync code on PostgreSQL (sync_compat outside run_legacy) needs the 'psycopg' "
+                "package, which is not installed: pip install 'atom_async_db[postgres]'"
+            )
+        connect_args: dict[str, Any] = {"application_name": settings.application_name}
+    else:
+        # The pool is shared by threads; each connection is used by one thread at a time.
+        connect_args = {"check_same_thread": False}
+    options: dict[str, Any] = {
+        **{k: v for k, v in settings.engine_options.items() if k != "connect_args"},
+        "poolclass": poolclass or QueuePool,
+        "pool_pre_ping": settings.pool_pre_ping,
+        "echo": settings.echo,
+        "connect_args": connect_args,
+    }
+    if options["poolclass"] is QueuePool:
+        options.update(
+            pool_size=settings.sync_pool_size,
+            max_overflow=settings.sync_max_overflow,
+            pool_timeout=settings.pool_timeout,
+            pool_recycle=settings.pool_recycle,
+        )
+        if settings.memory:  # one transaction at a time, as on the async side
+            options.update(pool_size=1, max_overflow=0, pool_recycle=-1, pool_pre_ping=False)
+    engine = create_engine(url, **options)
+    if settings.dialect == "sqlite":
+        apply_sqlite_rules(engine, settings, sync=True)
+    return engine
+
+
+def apply_sqlite_rules(engine: Engine, settings: Settings, *, sync: bool = False) -> None:
+    """Install the SQLite profile on an engine (``sync``: the legacy layer's sync engine).
 
     - ``journal_mode=WAL`` (file databases): readers never block the writer.
     - ``busy_timeout``: a writer waits for the lock instead of failing at once.
@@ -73,6 +133,9 @@ def apply_sqlite_rules(engine: Engine, settings: Settings) -> None:
       ``BEGIN IMMEDIATE``: a deferred transaction that reads and then writes cannot upgrade
       its lock while another writer is active and fails with "database is locked" without
       waiting; it also makes SAVEPOINT work, which the driver's own BEGIN handling breaks.
+    - Sync engine only: a transaction begun on an event loop's thread does not wait for the
+      lock (busy timeout 0): the holder needs that loop to finish, so waiting could only
+      end in "database is locked" after the full timeout with every task stopped.
     """
     busy_timeout_ms = int(settings.sqlite_busy_timeout * 1000)
     memory = settings.memory
@@ -91,18 +154,24 @@ def apply_sqlite_rules(engine: Engine, settings: Settings) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
+        if sync:
+            wanted = 0 if asyncio._get_running_loop() is not None else busy_timeout_ms
+            info = connection.connection.info  # lives as long as the DBAPI connection
+            if info.get("atom_busy_timeout_ms", busy_timeout_ms) != wanted:
+                connection.exec_driver_sql(f"PRAGMA busy_timeout={wanted}")
+                info["atom_busy_timeout_ms"] = wanted
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-    if memory:
-
-        @event.listens_for(engine, "handle_error")
-        def _explain_shared_cache_lock(context: ExceptionContext) -> None:
+    @event.listens_for(engine, "handle_error")
+    def _explain_lock_errors(context: ExceptionContext) -> None:
+        message = str(context.original_exception)
+        if context.sqlalchemy_exception is None or "is locked" not in message:
+            return
+        if memory and "table is locked" in message:
             # Shared-cache databases lock whole tables and fail at once instead of waiting.
-            if (
-                "table is locked" in str(context.original_exception)
-                and context.sqlalchemy_exception
-            ):
-                context.sqlalchemy_exception.add_note(MEMORY_CONCURRENCY_NOTE)
+            context.sqlalchemy_exception.add_note(MEMORY_CONCURRENCY_NOTE)
+        if sync and asyncio._get_running_loop() is not None:
+            context.sqlalchemy_exception.add_note(LOOP_THREAD_LOCK_NOTE)
 
 
 def open_memory_anchor(settings: Settings) -> sqlite3.Connection:

@@ -1,5 +1,5 @@
-"""Session scopes: the lifecycle behind ``get_async_db_session()`` and ``get_async_db``,
-and the nesting rule.
+"""Session scopes: the lifecycle behind ``get_async_db_session()`` and ``get_async_db`` (and
+their sync counterparts in ``sync_compat``), and the nesting rule.
 
 Lifecycle: a scope opens an ``AsyncSession`` (``expire_on_commit=False``); on a clean exit
 it commits (``get_async_db_session()``) or leaves committing to the caller
@@ -14,14 +14,21 @@ second connection). The inner block gets its own session; its commit releases th
 savepoint, its failure rolls back to it, and the real COMMIT happens when the outermost
 scope commits. ``independent=True`` opts out and takes a connection of its own. Other
 tasks (even ones started inside the scope, which inherit its context) never join.
+
+:class:`SessionScope` is the async scope. :class:`SyncSessionScope` applies the same rule
+and lifecycle to sync sessions on the legacy layer's sync engine, with the *thread* in the
+role of the task; legacy code run through ``sync_compat.run_legacy`` uses the async scope
+itself, so it joins the calling task's session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import warnings
-from contextvars import Token
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -55,21 +62,25 @@ def _after_flush(session: Session, _flush_context: Any) -> None:
         deleted.update(inspect(obj).identity_key for obj in session.deleted)
 
 
-def _propagate_to_outer(inner: AsyncSession, outer: AsyncSession) -> None:
-    """Make the outer session's objects reflect what a nested block wrote.
+def _hand_over_to_outer(inner: Session, outer: Session) -> None:
+    """After a nested block succeeded: its writes now await the outer block's COMMIT, and
+    the outer session's objects must reflect them.
 
     Each block has its own identity map; without this, an object the outer block loaded
     keeps its old values after the inner block changed the row, and a later write from the
     outer would silently overwrite the inner change.
     """
-    outer_map = outer.sync_session.identity_map
+    if not inner.info.get(_WROTE):
+        return
+    outer.info[_UNSAVED] = True
+    outer_map = outer.identity_map
     for key in inner.info.get(_DELETED, ()):
         stale = outer_map.get(key)
         if stale is not None:
-            outer.sync_session.expunge(stale)
-    for obj in list(inner.sync_session.identity_map.values()):
+            outer.expunge(stale)
+    for obj in list(inner.identity_map.values()):
         if inspect(obj).identity_key in outer_map:
-            outer.sync_session.merge(obj, load=False)
+            outer.merge(obj, load=False)
 
 
 @event.listens_for(TrackedSession, "after_transaction_end")
@@ -83,17 +94,39 @@ def _holds_connection(session: AsyncSession) -> bool:
     return bool(transaction is not None and transaction._connections)
 
 
-def has_unsaved_changes(session: AsyncSession) -> bool:
+def has_unsaved_changes(session: Session | AsyncSession) -> bool:
     """True when ``session`` holds writes that no COMMIT has made durable yet."""
     return bool(session.info.get(_UNSAVED) or session.new or session.dirty or session.deleted)
 
 
+def _warn_uncommitted() -> None:
+    warnings.warn(
+        "the request session ended with changes that were never committed, so they were "
+        "rolled back (including those of nested session blocks); call `db.commit()` "
+        "(`await db.commit()` for an AsyncSession) in the route",
+        UncommittedChangesWarning,
+        stacklevel=3,
+    )
+
+
 @dataclass(frozen=True)
 class ActiveScope:
-    """What a task's innermost open scope holds, kept in the database's context variable."""
+    """A task's (or thread's) innermost open scope, kept in the database's context variable.
 
-    task: asyncio.Task[Any] | None
-    session: AsyncSession
+    ``owner`` is the task of an async scope or the thread of a sync scope; a scope joins
+    only an outer scope of its own owner.
+    """
+
+    owner: object
+    session: AsyncSession | Session
+
+
+def _restore(variable: ContextVar[ActiveScope | None], token: Token[ActiveScope | None]) -> None:
+    try:
+        variable.reset(token)
+    except ValueError:  # exited in another context than entered (a framework's choice)
+        previous = token.old_value
+        variable.set(None if previous is Token.MISSING else previous)
 
 
 class SessionScope:
@@ -105,7 +138,7 @@ class SessionScope:
         self._database = database
         self._commit = commit
         self._independent = independent
-        self._outer: ActiveScope | None = None
+        self._outer: AsyncSession | None = None
         self._session: AsyncSession | None = None
         self._token: Token[ActiveScope | None] | None = None
 
@@ -115,11 +148,14 @@ class SessionScope:
         database = self._database
         task = asyncio.current_task()
         active = database._active.get()
-        outer = active if active is not None and active.task is task else None
+        outer = None
+        if active is not None and active.owner is task:
+            assert isinstance(active.session, AsyncSession)
+            outer = active.session
         if outer is not None and not self._independent:
             # The inner block must see what the outer one has done so far.
-            await outer.session.flush()
-            connection = await outer.session.connection()
+            await outer.flush()
+            connection = await outer.connection()
             session = database._sessionmaker(
                 bind=connection, join_transaction_mode="create_savepoint"
             )
@@ -128,7 +164,7 @@ class SessionScope:
             if (
                 outer is not None
                 and database.settings.dialect == "sqlite"
-                and _holds_connection(outer.session)
+                and _holds_connection(outer)
             ):
                 raise SessionNestingError(
                     "get_async_db_session(independent=True) cannot start on SQLite while this "
@@ -150,11 +186,7 @@ class SessionScope:
         session, token = self._session, self._token
         assert session is not None
         assert token is not None
-        try:
-            self._database._active.reset(token)
-        except ValueError:  # exited in another context than entered (a framework's choice)
-            previous = token.old_value
-            self._database._active.set(None if previous is Token.MISSING else previous)
+        _restore(self._database._active, token)
         if exc is not None:
             # GeneratorExit: a dependency generator closed by its consumer, not interrupted.
             await self._release(session, graceful=isinstance(exc, (Exception, GeneratorExit)))
@@ -163,19 +195,12 @@ class SessionScope:
             if self._commit:
                 await session.commit()
             elif has_unsaved_changes(session):
-                warnings.warn(
-                    "the request session ended with changes that were never committed, so they "
-                    "were rolled back (including those of nested get_async_db_session() blocks); "
-                    "call `await db.commit()` in the route",
-                    UncommittedChangesWarning,
-                    stacklevel=2,
-                )
+                _warn_uncommitted()
         except BaseException as error:
             await self._release(session, graceful=isinstance(error, Exception))
             raise
-        if self._outer is not None and session.info.get(_WROTE):
-            self._outer.session.info[_UNSAVED] = True
-            _propagate_to_outer(session, self._outer.session)
+        if self._outer is not None:
+            _hand_over_to_outer(session.sync_session, self._outer.sync_session)
         await self._release(session, graceful=True)
 
     async def _release(self, session: AsyncSession, *, graceful: bool) -> None:
@@ -198,5 +223,90 @@ async def _release(session: AsyncSession, graceful: bool, limit: float) -> None:
     try:
         async with asyncio.timeout(limit):
             await session.invalidate()
+    except Exception as error:
+        logger.warning("invalidating a session's connection failed (%r)", error)
+
+
+class SyncSessionScope:
+    """Context manager yielding a sync ``Session``: the async scope's rule and lifecycle for
+    the legacy layer's sync engine, with the thread in the role of the task.
+
+    ``make_session(**kw)`` builds the sessions (``sync_compat`` passes its session class);
+    nested scopes get ``bind=`` the outer connection and ``join_transaction_mode``.
+    """
+
+    __slots__ = ("_active", "_commit", "_make_session", "_outer", "_session", "_token")
+
+    def __init__(
+        self,
+        database: Database,
+        make_session: Callable[..., Session],
+        *,
+        commit: bool,
+    ) -> None:
+        self._active = database._active
+        self._make_session = make_session
+        self._commit = commit
+        self._outer: Session | None = None
+        self._session: Session | None = None
+        self._token: Token[ActiveScope | None] | None = None
+
+    def __enter__(self) -> Session:
+        if self._session is not None:
+            raise RuntimeError("a session scope cannot be entered twice; call the function again")
+        thread = threading.current_thread()
+        active = self._active.get()
+        if active is not None and active.owner is thread:
+            outer = active.session
+            assert isinstance(outer, Session)
+            outer.flush()  # the inner block must see what the outer one has done so far
+            session = self._make_session(
+                bind=outer.connection(), join_transaction_mode="create_savepoint"
+            )
+            self._outer = outer
+        else:
+            session = self._make_session()
+        self._session = session
+        self._token = self._active.set(ActiveScope(thread, session))
+        return session
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session, token = self._session, self._token
+        assert session is not None
+        assert token is not None
+        _restore(self._active, token)
+        if exc is not None:
+            _release_sync(session, graceful=isinstance(exc, (Exception, GeneratorExit)))
+            return
+        try:
+            if self._commit:
+                session.commit()
+            elif has_unsaved_changes(session):
+                _warn_uncommitted()
+        except BaseException as error:
+            _release_sync(session, graceful=isinstance(error, Exception))
+            raise
+        if self._outer is not None:
+            _hand_over_to_outer(session, self._outer)
+        _release_sync(session, graceful=True)
+
+
+def _release_sync(session: Session, graceful: bool) -> None:
+    """:func:`_release` for sync sessions (the driver's own timeouts bound the I/O)."""
+    if graceful:
+        try:
+            if session.in_transaction():
+                session.rollback()
+            session.close()
+            return
+        except Exception as error:
+            logger.warning("rolling back a session failed (%r); invalidating its connection", error)
+    try:
+        session.invalidate()
     except Exception as error:
         logger.warning("invalidating a session's connection failed (%r)", error)

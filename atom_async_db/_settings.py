@@ -28,8 +28,14 @@ EMBEDDED_DATABASE_FILENAME = "atom.db"
 
 Dialect = Literal["postgresql", "sqlite"]
 
-_POSTGRES_DRIVERS = {"asyncpg": None, "psycopg": "psycopg", "psycopg2": "psycopg2"}
-_SQLITE_DRIVERS = {"aiosqlite": None, "pysqlite": "pysqlite"}
+# URL driver -> the sync driver the legacy layer uses for it.
+_POSTGRES_DRIVERS = {
+    "": "psycopg",
+    "asyncpg": "psycopg",
+    "psycopg": "psycopg",
+    "psycopg2": "psycopg2",
+}
+_SQLITE_DRIVERS = {"": "pysqlite", "aiosqlite": "pysqlite", "pysqlite": "pysqlite"}
 ACCEPTED_URL_FORMS = (
     "postgresql+asyncpg://user:password@host:5432/dbname (also postgresql://, postgres://, "
     "postgresql+psycopg://, postgresql+psycopg2://), "
@@ -103,6 +109,18 @@ def _recycle(value: object, label: str) -> int:
     return number
 
 
+def _choice(*choices: str) -> Callable[[object, str], str]:
+    def parse(value: object, label: str) -> str:
+        lowered = value.strip().lower() if isinstance(value, str) else value
+        if lowered not in choices:
+            raise ConfigurationError(
+                f"{label} must be one of {', '.join(map(repr, choices))}, got {value!r}"
+            )
+        return str(lowered)
+
+    return parse
+
+
 def _application_name(value: object, label: str) -> str:
     if not isinstance(value, str) or not value or len(value.encode()) > 63:
         raise ConfigurationError(
@@ -135,6 +153,14 @@ OPTIONS: Mapping[str, _Option] = {
     ),
     "cleanup_timeout": _Option("ATOM_DB_CLEANUP_TIMEOUT", _positive_float, 5.0, 5.0),
     "sqlite_busy_timeout": _Option("ATOM_DB_SQLITE_BUSY_TIMEOUT", _positive_float, 30.0, 30.0),
+    # The legacy layer's sync engine (threads, scripts, `def` routes) has a pool of its own;
+    # unset, it is sized like the async pool.
+    "sync_pool_size": _Option("ATOM_DB_SYNC_POOL_SIZE", _int_at_least(1), None, None),
+    "sync_max_overflow": _Option("ATOM_DB_SYNC_MAX_OVERFLOW", _int_at_least(0), None, None),
+    # What a sync session used on an event loop's thread does: warn, or raise (strict).
+    "sync_on_event_loop": _Option(
+        "ATOM_DB_SYNC_ON_EVENT_LOOP", _choice("warn", "error"), "warn", "warn"
+    ),
 }
 
 
@@ -147,9 +173,10 @@ class Settings:
 
     url: URL
     """The URL the async engine connects with (asyncpg or aiosqlite)."""
+    sync_url: URL
+    """The URL the legacy layer's sync engine connects with: the sync driver the original URL
+    named (``psycopg2``, ``psycopg``, ``pysqlite``), else psycopg 3 or sqlite3."""
     dialect: Dialect
-    sync_driver: str | None
-    """The sync driver the original URL named (``psycopg``, ``psycopg2``, ``pysqlite``), if any."""
     memory: bool
     """True for an in-memory SQLite database (a named shared-cache database, see ``_engine``)."""
     pool_size: int
@@ -161,6 +188,9 @@ class Settings:
     application_name: str
     cleanup_timeout: float
     sqlite_busy_timeout: float
+    sync_pool_size: int
+    sync_max_overflow: int
+    sync_on_event_loop: Literal["warn", "error"]
     engine_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -204,7 +234,8 @@ def _require(module: str, what: str, install: str) -> None:
         ) from exc
 
 
-def _normalise_url(raw: str | URL) -> tuple[URL, Dialect, str | None, bool]:
+def _normalise_url(raw: str | URL) -> tuple[URL, URL, Dialect, bool]:
+    """(async URL, sync URL, dialect, in-memory) for a URL as users write it."""
     if not isinstance(raw, (str, URL)):
         raise ConfigurationError(f"the database URL must be a string, got {type(raw).__name__}")
     try:
@@ -218,14 +249,19 @@ def _normalise_url(raw: str | URL) -> tuple[URL, Dialect, str | None, bool]:
         if not url.database:
             raise _unsupported(raw, "it names no database")
         _require("asyncpg", "PostgreSQL", "'atom_async_db[postgres]'")
-        query = {_ASYNCPG_QUERY_RENAMES.get(k, k): v for k, v in url.query.items()}
-        async_url = url.set(drivername="postgresql+asyncpg", query=query)
-        return async_url, "postgresql", _POSTGRES_DRIVERS.get(driver), False
+        libpq_names = {v: k for k, v in _ASYNCPG_QUERY_RENAMES.items()}
+        async_query = {_ASYNCPG_QUERY_RENAMES.get(k, k): v for k, v in url.query.items()}
+        sync_query = {libpq_names.get(k, k): v for k, v in url.query.items()}
+        return (
+            url.set(drivername="postgresql+asyncpg", query=async_query),
+            url.set(drivername=f"postgresql+{_POSTGRES_DRIVERS[driver]}", query=sync_query),
+            "postgresql",
+            False,
+        )
     if backend == "sqlite":
         if driver and driver not in _SQLITE_DRIVERS:
             raise _unsupported(raw, f"unknown SQLite driver {driver!r}")
         _require("aiosqlite", "SQLite", "aiosqlite")
-        sync_driver = _SQLITE_DRIVERS.get(driver)
         database = url.database or ""
         if database in {"", ":memory:"}:
             # Each plain ":memory:" connection is a database of its own; a named shared-cache
@@ -236,14 +272,15 @@ def _normalise_url(raw: str | URL) -> tuple[URL, Dialect, str | None, bool]:
                 database=f"file:{name}",
                 query={"mode": "memory", "cache": "shared", "uri": "true"},
             )
-            return memory_url, "sqlite", sync_driver, True
+            return memory_url, memory_url.set(drivername="sqlite+pysqlite"), "sqlite", True
         if url.query.get("uri") not in {"true", "1"}:
             # Resolve now, so a later chdir() cannot point another loop or thread elsewhere.
             database = os.path.abspath(database)
+        file_url = url.set(database=database)
         return (
-            url.set(drivername="sqlite+aiosqlite", database=database),
+            file_url.set(drivername="sqlite+aiosqlite"),
+            file_url.set(drivername="sqlite+pysqlite"),
             "sqlite",
-            sync_driver,
             False,
         )
     raise _unsupported(raw, f"unknown database dialect {backend!r}")
@@ -273,7 +310,7 @@ def build_settings(
             f"unknown option {', '.join(hints)}; accepted options: url, engine_options, "
             + ", ".join(OPTIONS)
         )
-    async_url, dialect, sync_driver, memory = _normalise_url(_resolve_url(url, environ))
+    async_url, sync_url, dialect, memory = _normalise_url(_resolve_url(url, environ))
     values: dict[str, Any] = {}
     for name, option in OPTIONS.items():
         if name in options and options[name] is not None:
@@ -286,8 +323,12 @@ def build_settings(
         # libpq takes it from the URL, asyncpg only from server_settings: move it there.
         from_url = async_url.query["application_name"]
         async_url = async_url.difference_update_query(["application_name"])
+        sync_url = sync_url.difference_update_query(["application_name"])
         if "application_name" not in options and not environ.get("ATOM_DB_APPLICATION_NAME"):
             values["application_name"] = _application_name(from_url, "application_name in the URL")
+    for name in ("pool_size", "max_overflow"):
+        if values[f"sync_{name}"] is None:
+            values[f"sync_{name}"] = values[name]
     if engine_options is not None and not isinstance(engine_options, Mapping):
         raise ConfigurationError(
             "engine_options must be a mapping of create_async_engine() keywords, "
@@ -295,8 +336,8 @@ def build_settings(
         )
     return Settings(
         url=async_url,
+        sync_url=sync_url,
         dialect=dialect,
-        sync_driver=sync_driver,
         memory=memory,
         engine_options=dict(engine_options or {}),
         **values,

@@ -16,6 +16,8 @@ __all__ = [
     "EmbeddedDatabaseError",
     "NoEventLoopError",
     "SessionNestingError",
+    "SyncSessionOnEventLoopError",
+    "SyncSessionOnEventLoopWarning",
     "UncommittedChangesWarning",
 ]
 
@@ -56,6 +58,11 @@ class SessionNestingError(AtomDBError, RuntimeError):
     """
 
 
+class SyncSessionOnEventLoopError(AtomDBError, RuntimeError):
+    """A legacy sync session ran a statement on an event loop's thread in strict mode
+    (``sync_on_event_loop="error"``); see :class:`SyncSessionOnEventLoopWarning`."""
+
+
 class AtomDBWarning(UserWarning):
     """Base class of every warning issued by atom_async_db."""
 
@@ -67,4 +74,14 @@ class UncommittedChangesWarning(AtomDBWarning):
     changes, including those of nested ``get_async_db_session()`` blocks that joined
     it, were rolled back. Call ``await db.commit()`` in the route. Turn the warning
     into an error with ``warnings.simplefilter("error", UncommittedChangesWarning)``.
+    """
+
+
+class SyncSessionOnEventLoopWarning(AtomDBWarning):
+    """A legacy sync session ran a statement on an event loop's thread.
+
+    It works, but the whole loop waits for the database meanwhile: every other request and
+    task stands still. Run the legacy code with ``await sync_compat.run_legacy(fn, ...)``,
+    which waits on the async pool without blocking, or move it to the async API. Make it
+    an error with ``sync_on_event_loop="error"`` (or ``ATOM_DB_SYNC_ON_EVENT_LOOP=error``).
     """

@@ -35,25 +35,79 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("url", "async_url", "sync_driver"),
+    ("url", "async_url", "sync_url"),
     [
-        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db", None),
-        ("postgresql://u@h:5433/db", "postgresql+asyncpg://u@h:5433/db", None),
-        ("postgres://u@h/db", "postgresql+asyncpg://u@h/db", None),
-        ("postgresql+psycopg://u@h/db", "postgresql+asyncpg://u@h/db", "psycopg"),
-        ("postgresql+psycopg2://u@h/db", "postgresql+asyncpg://u@h/db", "psycopg2"),
-        ("postgresql://u@h/db?sslmode=require", "postgresql+asyncpg://u@h/db?ssl=require", None),
-        ("sqlite+aiosqlite:////srv/app.db", "sqlite+aiosqlite:////srv/app.db", None),
-        ("sqlite:////srv/app.db", "sqlite+aiosqlite:////srv/app.db", None),
-        ("sqlite+pysqlite:////srv/app.db", "sqlite+aiosqlite:////srv/app.db", "pysqlite"),
+        (
+            "postgresql+asyncpg://u@h/db",
+            "postgresql+asyncpg://u@h/db",
+            "postgresql+psycopg://u@h/db",
+        ),
+        (
+            "postgresql://u@h:5433/db",
+            "postgresql+asyncpg://u@h:5433/db",
+            "postgresql+psycopg://u@h:5433/db",
+        ),
+        ("postgres://u@h/db", "postgresql+asyncpg://u@h/db", "postgresql+psycopg://u@h/db"),
+        (
+            "postgresql+psycopg://u@h/db",
+            "postgresql+asyncpg://u@h/db",
+            "postgresql+psycopg://u@h/db",
+        ),
+        (
+            "postgresql+psycopg2://u@h/db",
+            "postgresql+asyncpg://u@h/db",
+            "postgresql+psycopg2://u@h/db",
+        ),
+        (
+            "postgresql://u@h/db?sslmode=require&connect_timeout=3",
+            "postgresql+asyncpg://u@h/db?ssl=require&timeout=3",
+            "postgresql+psycopg://u@h/db?connect_timeout=3&sslmode=require",
+        ),
+        (
+            "postgresql+asyncpg://u@h/db?ssl=require",
+            "postgresql+asyncpg://u@h/db?ssl=require",
+            "postgresql+psycopg://u@h/db?sslmode=require",
+        ),
+        (
+            "sqlite+aiosqlite:////srv/app.db",
+            "sqlite+aiosqlite:////srv/app.db",
+            "sqlite+pysqlite:////srv/app.db",
+        ),
+        (
+            "sqlite:////srv/app.db",
+            "sqlite+aiosqlite:////srv/app.db",
+            "sqlite+pysqlite:////srv/app.db",
+        ),
+        (
+            "sqlite+pysqlite:////srv/app.db",
+            "sqlite+aiosqlite:////srv/app.db",
+            "sqlite+pysqlite:////srv/app.db",
+        ),
     ],
 )
-def test_accepted_urls_map_to_the_async_driver(
-    url: str, async_url: str, sync_driver: str | None
+def test_accepted_urls_map_to_the_async_and_the_sync_driver(
+    url: str, async_url: str, sync_url: str
 ) -> None:
     settings = build_settings(url, environ={})
     assert settings.url.render_as_string() == async_url
-    assert settings.sync_driver == sync_driver
+    assert settings.sync_url.render_as_string() == sync_url
+
+
+def test_sync_pool_is_sized_like_the_async_pool_unless_set() -> None:
+    settings = build_settings("postgresql://u@h/db", environ={}, pool_size=7, max_overflow=2)
+    assert (settings.sync_pool_size, settings.sync_max_overflow) == (7, 2)
+    settings = build_settings(
+        "postgresql://u@h/db", environ={"ATOM_DB_SYNC_POOL_SIZE": "3"}, sync_max_overflow=0
+    )
+    assert (settings.sync_pool_size, settings.sync_max_overflow) == (3, 0)
+
+
+def test_sync_on_event_loop_accepts_warn_or_error() -> None:
+    assert build_settings("sqlite://", environ={}).sync_on_event_loop == "warn"
+    environ = {"ATOM_DB_SYNC_ON_EVENT_LOOP": "Error"}
+    assert build_settings("sqlite://", environ=environ).sync_on_event_loop == "error"
+    with pytest.raises(ConfigurationError, match=r"sync_on_event_loop must be one of 'warn'"):
+        build_settings("sqlite://", environ={}, sync_on_event_loop="ignore")
 
 
 def test_relative_sqlite_path_is_resolved_once(
@@ -162,6 +216,7 @@ def test_application_name_from_the_url_is_honoured() -> None:
     settings = build_settings("postgresql://u@h/db?application_name=billing", environ={})
     assert settings.application_name == "billing"
     assert "application_name" not in settings.url.query
+    assert "application_name" not in settings.sync_url.query
 
 
 def test_database_url_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -1,0 +1,115 @@
+"""The seed's two patterns, ``get_db`` and ``get_db_session()``, and ``run_legacy``.
+
+Both patterns are the core's session scopes: inside ``run_legacy`` the async scope itself
+(driven through the greenlet bridge, so it joins the calling task's session by the core's
+nesting rule), elsewhere the same rule and lifecycle on the sync engine
+(:class:`atom_async_db._session.SyncSessionScope`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import ParamSpec, TypeVar
+
+from sqlalchemy.orm import Session
+from sqlalchemy.util.concurrency import await_, greenlet_spawn, in_greenlet
+
+from atom_async_db import get_database
+from atom_async_db._session import SessionScope, SyncSessionScope
+
+from ._session import SessionLocal
+
+__all__ = ["get_db", "get_db_session", "run_legacy"]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def get_db_session() -> AbstractContextManager[Session]:
+    """Open a session for services, background jobs and scripts: ``with`` it.
+
+    The seed's semantics: commits when the block exits cleanly, rolls back when it raises
+    (the exception propagates), always closes the session; an explicit ``db.commit()``
+    inside is allowed; objects stay readable after the block (``expire_on_commit=False``)::
+
+        from sync_compat import get_db_session
+
+        def create_user(email: str) -> User:
+            with get_db_session() as db:
+                user = User(email=email)
+                db.add(user)
+                return user  # committed on exit, still readable
+
+    Nested inside another ``get_db_session()`` of the same thread (or, under
+    :func:`run_legacy`, inside the calling task's async session) it joins the outer
+    transaction through a SAVEPOINT, exactly as the async core does; the outermost block
+    commits.
+    """
+    return _scope(commit=True)
+
+
+def get_db() -> Iterator[Session]:
+    """FastAPI dependency yielding a request-scoped sync ``Session``, as in the seed.
+
+    It never commits on its own (the route calls ``db.commit()``), rolls back what is left
+    uncommitted and always closes the session. It serves sync ``def`` routes (FastAPI runs
+    them in its threadpool) and the seed's ``async def`` routes, which keep working but
+    block the event loop at each statement (:class:`SyncSessionOnEventLoopWarning`)::
+
+        from fastapi import Depends
+        from sqlalchemy.orm import Session
+        from sync_compat import get_db
+
+        @app.get("/users/{user_id}")
+        def get_user(user_id: int, db: Session = Depends(get_db)):
+            return db.get(User, user_id)
+
+    Override it in tests with ``app.dependency_overrides[get_db]``.
+    """
+    with _scope(commit=False) as session:
+        yield session
+
+
+async def run_legacy(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """Run legacy sync code from async code without blocking the event loop.
+
+    ``fn(*args, **kwargs)`` runs on the loop's thread inside a greenlet; every
+    ``get_db_session()``, ``get_db`` session and ``SessionLocal()`` it opens uses the
+    running loop's async engine and pool, and each of their database waits lets the loop
+    serve other tasks. A ``get_db_session()`` inside it joins the calling task's open
+    session (``get_async_db`` or ``get_async_db_session()``) through a SAVEPOINT, so it
+    never waits for a second connection while holding one::
+
+        from sync_compat import run_legacy
+
+        @app.post("/users/{user_id}/process")
+        async def process(user_id: int) -> None:
+            await run_legacy(legacy_service.process_user, user_id)
+
+    Non-database blocking calls inside ``fn`` (``time.sleep``, ``requests``) still block
+    the loop; run those with ``anyio.to_thread.run_sync``.
+    """
+    return await greenlet_spawn(functools.partial(fn, *args, **kwargs))
+
+
+def _scope(*, commit: bool) -> AbstractContextManager[Session]:
+    database = get_database()
+    if in_greenlet():
+        return _bridged(SessionScope(database, commit=commit))
+    return SyncSessionScope(
+        database, functools.partial(SessionLocal, database=database), commit=commit
+    )
+
+
+@contextmanager
+def _bridged(scope: SessionScope) -> Iterator[Session]:
+    """The async scope, driven from sync code running in a SQLAlchemy greenlet."""
+    session = await_(scope.__aenter__())
+    try:
+        yield session.sync_session
+    except BaseException as error:
+        await_(scope.__aexit__(type(error), error, error.__traceback__))
+        raise
+    await_(scope.__aexit__(None, None, None))

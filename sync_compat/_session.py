@@ -1,0 +1,172 @@
+"""Where a legacy sync session gets its connection, decided each time it starts a transaction.
+
+- **Bridged** (inside ``run_legacy``, or any SQLAlchemy greenlet): the running loop's async
+  engine, through its ``sync_engine`` facade. Every wait becomes an ``await`` on the event
+  loop, so the legacy code shares the async pool and blocks nothing.
+- **Thread** (no event loop running in this thread: scripts, worker threads, FastAPI's
+  threadpool for ``def`` routes): the database's sync engine.
+- **Loop** (an event loop is running in this very thread, outside a greenlet: the seed's
+  ``async def`` routes on ``get_db``, its "background task"): the sync engine too, so the
+  code keeps working, but every statement blocks the loop, so each one warns
+  (:class:`SyncSessionOnEventLoopWarning`) or, with ``sync_on_event_loop="error"``, raises.
+  It never waits on the loop for a pooled connection or SQLite's write lock: whoever holds
+  them needs this loop to give them back, so such a wait could only end in a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import sys
+import warnings
+import weakref
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
+from sqlalchemy.pool import NullPool, QueuePool
+from sqlalchemy.util.concurrency import in_greenlet
+
+import atom_async_db
+from atom_async_db import Database, SyncSessionOnEventLoopError, SyncSessionOnEventLoopWarning
+from atom_async_db._engine import create_sync_engine_for
+from atom_async_db._session import TrackedSession
+
+__all__ = ["LegacySession", "SessionLocal"]
+
+logger = logging.getLogger("atom_async_db")
+
+# Frames of these files are skipped when a warning points at the caller's line (SQLAlchemy
+# also runs code it generates, named "<sqlalchemy generated ...>").
+_INTERNAL_FILES = (
+    "<sqlalchemy",
+    *(
+        os.path.dirname(module.__file__) + os.sep
+        for module in (sqlalchemy, atom_async_db, sys.modules[__name__.rpartition(".")[0]])
+        if module.__file__
+    ),
+)
+
+
+class _Where(enum.Enum):
+    BRIDGED = "bridged"
+    THREAD = "thread"
+    LOOP = "loop"
+
+
+def _where() -> _Where:
+    if in_greenlet():
+        return _Where.BRIDGED
+    if asyncio._get_running_loop() is not None:
+        return _Where.LOOP
+    return _Where.THREAD
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning issued by our caller point at user code."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_INTERNAL_FILES):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+def _on_loop_thread(database: Database) -> None:
+    message = (
+        "a sync database session ran a statement on the event loop's thread, which stops "
+        "every other task until the database answers; run this code with "
+        "`await sync_compat.run_legacy(fn, ...)` or use the async API "
+        "(get_async_db / get_async_db_session)"
+    )
+    if database.settings.sync_on_event_loop == "error":
+        raise SyncSessionOnEventLoopError(
+            f"{message} (sync_on_event_loop='error' forbids it; 'warn' allows it)"
+        )
+    warnings.warn(message, SyncSessionOnEventLoopWarning, stacklevel=caller_stacklevel())
+
+
+class LegacySession(TrackedSession):
+    """The sync ``Session`` of the legacy API (``get_db``, ``get_db_session``, ``SessionLocal``).
+
+    A plain SQLAlchemy ``Session`` whose connection depends on where it runs (see the module
+    docstring). Pass ``bind=`` to pin it to an engine or connection of your own instead.
+
+    Args:
+        database: the database to use; ``None`` means the default one
+            (:func:`atom_async_db.get_database`), looked up at the first statement.
+    """
+
+    def __init__(self, bind: Any = None, *, database: Database | None = None, **kw: Any) -> None:
+        super().__init__(bind=bind, **kw)
+        self._atom_database = database
+        self._atom_engine: Engine | None = None  # chosen for the current transaction
+
+    def get_bind(self, mapper: Any = None, **kw: Any) -> Engine | Connection:
+        if self.bind is not None or kw.get("bind") is not None or self.binds:
+            return super().get_bind(mapper, **kw)
+        database = self._atom_database
+        if database is None:
+            database = self._atom_database = atom_async_db.get_database()
+        where = _where()
+        if where is _Where.LOOP:
+            _on_loop_thread(database)
+        engine = self._atom_engine
+        if engine is None or not self.in_transaction():
+            engine = self._atom_engine = _engine_for(database, where)
+        return engine
+
+
+@event.listens_for(LegacySession, "after_transaction_end")
+def _forget_engine(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None and isinstance(session, LegacySession):
+        session._atom_engine = None
+
+
+#: The legacy session factory (``expire_on_commit=False``, as in the seed).
+SessionLocal: sessionmaker[LegacySession] = sessionmaker(
+    class_=LegacySession, expire_on_commit=False
+)
+
+_outside_pool: weakref.WeakKeyDictionary[Database, Engine] = weakref.WeakKeyDictionary()
+
+
+def _engine_for(database: Database, where: _Where) -> Engine:
+    if where is _Where.BRIDGED:
+        return database.engine.sync_engine
+    engine = database.sync_engine
+    if where is _Where.LOOP and _exhausted(engine):
+        return _outside_pool_engine(database)
+    return engine
+
+
+def _exhausted(engine: Engine) -> bool:
+    pool = engine.pool
+    return (
+        isinstance(pool, QueuePool)
+        and pool.checkedin() == 0
+        and pool.overflow() >= pool._max_overflow
+    )
+
+
+def _outside_pool_engine(database: Database) -> Engine:
+    """An unpooled twin of the sync engine, for statements on the loop's thread while the
+    sync pool is exhausted: each holder of a pooled connection gives it back only when this
+    loop runs again, so waiting for one would freeze the loop until ``pool_timeout``."""
+    engine = _outside_pool.get(database)
+    if engine is None:
+        engine = _outside_pool[database] = create_sync_engine_for(
+            database.settings, poolclass=NullPool
+        )
+        logger.warning(
+            "the sync pool of %s is exhausted while a sync session runs on the event loop's "
+            "thread; it gets a connection outside the pool (closed after use) instead of "
+            "freezing the loop. Run such code with sync_compat.run_legacy(), or raise "
+            "sync_pool_size.",
+            database.url,
+        )
+    return engine
