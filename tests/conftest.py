@@ -36,6 +36,7 @@ import atom_async_db
 from atom_async_db import Database
 from atom_async_db import _default as default_module
 from tests.models import Base, User
+from tests.sync_compat.core.models import Base as SeedBase
 
 POSTGRES_URL = os.environ.get(
     "ATOM_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -100,10 +101,11 @@ async def our_backends(url: str, *, state: str | None = None) -> list[str]:
 
 async def assert_no_leaks(database: Database) -> None:
     gc.collect()
-    for engine in database._engines.engines():
-        assert engine.pool.checkedout() == 0, (
-            f"connections left checked out: {engine.pool.status()}"
-        )
+    pools = [engine.pool for engine in database._engines.engines()]
+    if database._sync_engine is not None:
+        pools.append(database._sync_engine.pool)
+    for pool in pools:
+        assert pool.checkedout() == 0, f"connections left checked out: {pool.status()}"
     if database.settings.dialect == "postgresql":
         stuck = [s for s in await our_backends(database.url) if s.startswith("idle in transaction")]
         assert stuck == [], f"backends left in a transaction: {stuck}"
@@ -115,17 +117,22 @@ async def emails() -> set[str]:
         return set((await session.execute(select(User.email))).scalars())
 
 
+SCHEMAS = (Base.metadata, SeedBase.metadata)  # the tests' models and the seed app's
+
+
 async def reset_schema(database: Database) -> None:
     async with database.engine.begin() as connection:
-        await connection.run_sync(Base.metadata.drop_all)
-        await connection.run_sync(Base.metadata.create_all)
+        for metadata in SCHEMAS:
+            await connection.run_sync(metadata.drop_all)
+            await connection.run_sync(metadata.create_all)
 
 
 async def _teardown(database: Database) -> None:
     await assert_no_leaks(database)
     if database.settings.dialect == "postgresql":
         async with database.engine.begin() as connection:
-            await connection.run_sync(Base.metadata.drop_all)
+            for metadata in SCHEMAS:
+                await connection.run_sync(metadata.drop_all)
     await database.dispose()
 
 

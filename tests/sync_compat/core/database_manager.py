@@ -1,0 +1,1 @@
+from sync_compat.database_manager import *  # noqa: F403

@@ -1,0 +1,290 @@
+"""The three places legacy code runs: worker threads and scripts (the sync engine),
+``run_legacy`` (the async pool, through the greenlet bridge) and the event loop's own
+thread (works, warns, never waits for what only the loop can release)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import OperationalError
+
+import atom_async_db
+from atom_async_db import Database, SyncSessionOnEventLoopError, SyncSessionOnEventLoopWarning
+from atom_async_db._engine import LOOP_THREAD_LOCK_NOTE, MEMORY_CONCURRENCY_NOTE
+from sync_compat import SessionLocal, get_db_session, run_legacy
+from tests.conftest import APP_NAME, emails, our_backends
+from tests.models import User
+from tests.sync_compat.conftest import add_users
+
+MakeDefault = Callable[..., Awaitable[Database]]
+
+
+def create_user(email: str) -> int:
+    with get_db_session() as db:
+        user = User(email=email)
+        db.add(user)
+        db.flush()
+        return user.id
+
+
+def count_users() -> int:
+    with get_db_session() as db:
+        return int(db.scalar(select(func.count(User.id))) or 0)
+
+
+# --------------------------------------------------------------------------- threads
+
+
+async def test_threads_share_the_sync_pool(db: Database) -> None:
+    ids = await asyncio.gather(
+        *(asyncio.to_thread(create_user, f"t{i}@example.com") for i in range(40))
+    )
+    assert len(set(ids)) == 40
+    assert len(await emails()) == 40
+    pool = db.sync_engine.pool
+    assert pool.size() == db.settings.sync_pool_size  # type: ignore[attr-defined]
+
+
+async def test_nested_blocks_in_a_thread_join_the_outer_transaction(
+    make_default: MakeDefault,
+) -> None:
+    # One connection in the sync pool: a nested block that took a second one would wait
+    # for itself until pool_timeout.
+    await make_default(sync_pool_size=1, sync_max_overflow=0, pool_timeout=5)
+
+    def outer_with_failing_inner() -> None:
+        with get_db_session() as db:
+            db.add(User(email="outer@example.com"))
+            try:
+                with get_db_session():
+                    create_user("inner-failed@example.com")
+                    raise RuntimeError("inner fails")
+            except RuntimeError:
+                pass
+            create_user("inner-ok@example.com")
+
+    await asyncio.to_thread(outer_with_failing_inner)
+    assert await emails() == {"outer@example.com", "inner-ok@example.com"}
+
+
+async def test_sync_connections_follow_the_engine_rules(db: Database) -> None:
+    def settings_seen() -> Any:
+        with get_db_session() as session:
+            if db.settings.dialect == "postgresql":
+                return session.scalar(text("show application_name"))
+            return (
+                session.scalar(text("pragma foreign_keys")),
+                session.scalar(text("pragma busy_timeout")),
+            )
+
+    seen = await asyncio.to_thread(settings_seen)
+    if db.settings.dialect == "postgresql":
+        assert seen == APP_NAME
+        assert db.sync_engine.dialect.driver == "psycopg"
+    else:
+        assert seen == (1, int(db.settings.sqlite_busy_timeout * 1000))
+
+
+@pytest.mark.parametrize("backend", ["sqlite_memory"], indirect=True)
+async def test_memory_database_threads_see_the_async_data_or_get_a_clear_error(
+    db: Database,
+) -> None:
+    await add_users("async@example.com")
+    assert await asyncio.to_thread(count_users) == 1
+    async with atom_async_db.get_async_db_session() as session:
+        session.add(User(email="held@example.com"))
+        await session.flush()  # this loop's transaction now holds the write lock
+        with pytest.raises(OperationalError) as caught:
+            await asyncio.to_thread(create_user, "thread@example.com")
+    assert MEMORY_CONCURRENCY_NOTE in caught.value.__notes__
+
+
+# --------------------------------------------------------------------------- run_legacy
+
+
+async def test_run_legacy_shares_the_async_pool_and_never_exceeds_it(
+    make_default: MakeDefault, backend: str
+) -> None:
+    database = await make_default(pool_size=5, max_overflow=0)
+    await database.dispose()  # start from a new engine and count every connection it opens
+    opened = 0
+
+    @event.listens_for(database.engine.sync_engine, "connect")
+    def _count(*_: Any) -> None:
+        nonlocal opened
+        opened += 1
+
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def watch_server() -> None:
+        while not done.is_set():
+            seen.append(len(await our_backends(database.url)))
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.create_task(watch_server()) if backend == "postgres" else None
+    ids = await asyncio.gather(*(run_legacy(create_user, f"r{i}@example.com") for i in range(200)))
+    done.set()
+    if watcher is not None:
+        await watcher
+        assert seen and max(seen) <= 5
+    assert len(set(ids)) == 200
+    assert 1 <= opened <= database.engine.pool.size()  # type: ignore[attr-defined]
+    assert database._sync_engine is None  # no thread, no second pool
+    assert len(await emails()) == 200
+
+
+async def test_run_legacy_joins_the_calling_tasks_session(db: Database) -> None:
+    async with atom_async_db.get_async_db_session() as outer:
+        outer.add(User(email="outer@example.com"))
+        await outer.flush()
+        # The legacy code sees the outer block's uncommitted row: same transaction.
+        assert await run_legacy(count_users) == 1
+        await run_legacy(create_user, "legacy@example.com")
+        await outer.rollback()  # ...and the outer block decides about its writes too
+    assert await emails() == set()
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_run_legacy_does_not_block_the_loop(make_default: MakeDefault) -> None:
+    await make_default(pool_size=5, max_overflow=0)
+
+    def slow_legacy_call() -> None:
+        with get_db_session() as db:
+            db.execute(text("select pg_sleep(0.5)"))
+
+    async def longest_stall(work: Callable[[], Awaitable[object]]) -> float:
+        loop = asyncio.get_running_loop()
+        finished = asyncio.Event()
+        longest = 0.0
+
+        async def tick() -> None:
+            nonlocal longest
+            while not finished.is_set():
+                before = loop.time()
+                await asyncio.sleep(0.005)
+                longest = max(longest, loop.time() - before)
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0)  # let the ticker start before the work
+        try:
+            await work()
+        finally:
+            finished.set()
+            await ticker
+        return longest
+
+    async def through_run_legacy() -> None:
+        await asyncio.gather(*(run_legacy(slow_legacy_call) for _ in range(10)))
+
+    async def on_the_loop_thread() -> None:
+        slow_legacy_call()
+
+    assert await longest_stall(through_run_legacy) < 0.25
+    with pytest.warns(SyncSessionOnEventLoopWarning):
+        assert await longest_stall(on_the_loop_thread) >= 0.5  # the control: a real stall
+
+
+async def test_session_local_inside_run_legacy_uses_the_async_pool(db: Database) -> None:
+    def manual_session() -> int:
+        session = SessionLocal()
+        try:
+            session.add(User(email="manual@example.com"))
+            session.commit()
+            return int(session.scalar(select(func.count(User.id))) or 0)
+        finally:
+            session.close()
+
+    assert await run_legacy(manual_session) == 1
+    assert db._sync_engine is None
+
+
+# --------------------------------------------------------------------------- on the loop thread
+
+
+async def test_loop_thread_use_warns_at_the_callers_line(db: Database) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with get_db_session() as session:
+            line = _line() + 1
+            session.execute(text("select 1"))
+    [warning] = caught
+    assert warning.category is SyncSessionOnEventLoopWarning
+    assert (warning.filename, warning.lineno) == (__file__, line)
+    assert "run_legacy" in str(warning.message)
+
+
+def _line() -> int:
+    import inspect
+
+    frame = inspect.currentframe()
+    assert frame is not None and frame.f_back is not None
+    return frame.f_back.f_lineno
+
+
+async def test_strict_mode_raises_before_taking_a_connection(make_default: MakeDefault) -> None:
+    database = await make_default(sync_on_event_loop="error")
+    with pytest.raises(SyncSessionOnEventLoopError, match="sync_on_event_loop='error'"):
+        create_user("strict@example.com")
+    assert database.sync_engine.pool.checkedout() == 0
+    assert await run_legacy(create_user, "fine@example.com") == 1  # the suggested fix works
+    assert await asyncio.to_thread(count_users) == 1  # threads are unaffected
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_loop_thread_never_waits_for_an_exhausted_sync_pool(
+    make_default: MakeDefault, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = await make_default(sync_pool_size=1, sync_max_overflow=0, pool_timeout=30)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_only_connection() -> None:
+        with get_db_session() as db:
+            db.execute(text("select 1"))
+            holding.set()
+            release.wait(30)
+
+    holder = asyncio.create_task(asyncio.to_thread(hold_the_only_connection))
+    await asyncio.to_thread(holding.wait, 30)
+    caplog.set_level(logging.WARNING, logger="atom_async_db")
+    with pytest.warns(SyncSessionOnEventLoopWarning):
+        user_id = create_user("loop@example.com")  # would freeze the loop for 30 s
+    release.set()
+    await holder
+    assert user_id == 1
+    assert "sync pool" in caplog.text and "exhausted" in caplog.text
+    assert database.sync_engine.pool.checkedout() == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite_file"], indirect=True)
+async def test_loop_thread_never_waits_for_the_sqlite_write_lock(db: Database) -> None:
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_the_write_lock() -> None:
+        with get_db_session() as session:
+            session.add(User(email="holder@example.com"))
+            session.flush()
+            holding.set()
+            release.wait(30)
+
+    holder = asyncio.create_task(asyncio.to_thread(hold_the_write_lock))
+    await asyncio.to_thread(holding.wait, 30)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        with pytest.warns(SyncSessionOnEventLoopWarning), pytest.raises(OperationalError) as caught:
+            create_user("loop@example.com")
+    finally:
+        release.set()
+        await holder
+    assert loop.time() - started < db.settings.sqlite_busy_timeout / 2  # failed, not waited
+    assert "database is locked" in str(caught.value)
+    assert LOOP_THREAD_LOCK_NOTE in caught.value.__notes__
+    assert await asyncio.to_thread(create_user, "thread@example.com") == 2  # threads wait
