@@ -46,7 +46,9 @@ class Database:
             options do not cover.
         **options: ``pool_size``, ``max_overflow``, ``pool_timeout``, ``pool_recycle``,
             ``pool_pre_ping``, ``echo``, ``application_name``, ``cleanup_timeout``,
-            ``sqlite_busy_timeout``; each also settable by environment (see the README).
+            ``sqlite_busy_timeout``, and for the legacy layer ``sync_pool_size``,
+            ``sync_max_overflow``, ``sync_on_event_loop``; each also settable by
+            environment (see the README).
 
     Raises:
         ConfigurationError: the URL or an option is invalid (the message says which).

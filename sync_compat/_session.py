@@ -163,10 +163,10 @@ def _outside_pool_engine(database: Database) -> Engine:
             database.settings, poolclass=NullPool
         )
         logger.warning(
-            "the sync pool of %s is exhausted while a sync session runs on the event loop's "
-            "thread; it gets a connection outside the pool (closed after use) instead of "
-            "freezing the loop. Run such code with sync_compat.run_legacy(), or raise "
-            "sync_pool_size.",
+            "the sync pool of %s was exhausted when a sync session ran on the event loop's "
+            "thread; such sessions now get a connection outside the pool (closed after use) "
+            "instead of freezing the loop until pool_timeout. Run that code with "
+            "sync_compat.run_legacy(), or raise sync_pool_size.",
             database.url,
         )
     return engine

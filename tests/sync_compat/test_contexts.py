@@ -5,6 +5,7 @@ thread (works, warns, never waits for what only the loop can release)."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import threading
 import warnings
@@ -19,7 +20,7 @@ import atom_async_db
 from atom_async_db import Database, SyncSessionOnEventLoopError, SyncSessionOnEventLoopWarning
 from atom_async_db._engine import LOOP_THREAD_LOCK_NOTE, MEMORY_CONCURRENCY_NOTE
 from sync_compat import SessionLocal, get_db_session, run_legacy
-from tests.conftest import APP_NAME, emails, our_backends
+from tests.conftest import APP_NAME, emails, our_backends, run_python
 from tests.models import User
 from tests.sync_compat.conftest import add_users
 
@@ -90,6 +91,18 @@ async def test_sync_connections_follow_the_engine_rules(db: Database) -> None:
         assert db.sync_engine.dialect.driver == "psycopg"
     else:
         assert seen == (1, int(db.settings.sqlite_busy_timeout * 1000))
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_named_sync_driver_is_used_when_installed_else_psycopg(backend_url: str) -> None:
+    database = Database(backend_url.replace("+asyncpg", "+psycopg2"), application_name=APP_NAME)
+    try:
+        with database.sync_engine.connect() as connection:
+            assert connection.scalar(text("select 1")) == 1
+        expected = "psycopg2" if importlib.util.find_spec("psycopg2") else "psycopg"
+        assert database.sync_engine.dialect.driver == expected
+    finally:
+        await database.dispose()
 
 
 @pytest.mark.parametrize("backend", ["sqlite_memory"], indirect=True)
@@ -288,3 +301,36 @@ async def test_loop_thread_never_waits_for_the_sqlite_write_lock(db: Database) -
     assert "database is locked" in str(caught.value)
     assert LOOP_THREAD_LOCK_NOTE in caught.value.__notes__
     assert await asyncio.to_thread(create_user, "thread@example.com") == 2  # threads wait
+
+
+SYNC_FORK = """
+import os, sys
+from sqlalchemy import text
+import atom_async_db, sync_compat
+from sync_compat import get_db_session
+
+atom_async_db.configure(sys.argv[1], application_name=sys.argv[2])
+
+def backend_pids(n):
+    pids = set()
+    for _ in range(n):
+        with get_db_session() as db:
+            pids.add(db.scalar(text("select pg_backend_pid()")))
+    return pids
+
+before = backend_pids(5)
+child = os.fork()
+if child == 0:
+    code = 3 if backend_pids(20) & before else 0
+    sync_compat.dispose()
+    os._exit(code)
+after = backend_pids(20)
+_, status = os.waitpid(child, 0)
+print("child exit", os.waitstatus_to_exitcode(status), "parent reused", after <= before)
+sync_compat.dispose()
+"""
+
+
+def test_fork_child_never_reuses_the_parents_sync_connections(postgres_url: str) -> None:
+    output = run_python(SYNC_FORK, postgres_url, APP_NAME)
+    assert "child exit 0 parent reused True" in output
