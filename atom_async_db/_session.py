@@ -149,8 +149,9 @@ class SessionScope:
         task = asyncio.current_task()
         active = database._active.get()
         outer = None
-        if active is not None and active.owner is task:
-            assert isinstance(active.session, AsyncSession)
+        # (A sync scope of the same task, the legacy API on the loop's thread, cannot be
+        # joined: its connection is a sync driver's.)
+        if active is not None and active.owner is task and isinstance(active.session, AsyncSession):
             outer = active.session
         if outer is not None and not self._independent:
             # The inner block must see what the outer one has done so far.
@@ -254,11 +255,12 @@ class SyncSessionScope:
     def __enter__(self) -> Session:
         if self._session is not None:
             raise RuntimeError("a session scope cannot be entered twice; call the function again")
-        thread = threading.current_thread()
+        # The owner is the thread, or the task when this runs on an event loop's thread.
+        task = asyncio.current_task() if asyncio._get_running_loop() is not None else None
+        owner: object = task or threading.current_thread()
         active = self._active.get()
-        if active is not None and active.owner is thread:
+        if active is not None and active.owner is owner and isinstance(active.session, Session):
             outer = active.session
-            assert isinstance(outer, Session)
             outer.flush()  # the inner block must see what the outer one has done so far
             session = self._make_session(
                 bind=outer.connection(), join_transaction_mode="create_savepoint"
@@ -267,7 +269,7 @@ class SyncSessionScope:
         else:
             session = self._make_session()
         self._session = session
-        self._token = self._active.set(ActiveScope(thread, session))
+        self._token = self._active.set(ActiveScope(owner, session))
         return session
 
     def __exit__(
