@@ -115,8 +115,6 @@ def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None =
             pool_timeout=settings.pool_timeout,
             pool_recycle=settings.pool_recycle,
         )
-        if settings.memory:  # one transaction at a time, as on the async side
-            options.update(pool_size=1, max_overflow=0, pool_recycle=-1, pool_pre_ping=False)
     engine = create_engine(url, **options)
     if settings.dialect == "sqlite":
         apply_sqlite_rules(engine, settings, sync=True)
@@ -133,9 +131,12 @@ def apply_sqlite_rules(engine: Engine, settings: Settings, *, sync: bool = False
       ``BEGIN IMMEDIATE``: a deferred transaction that reads and then writes cannot upgrade
       its lock while another writer is active and fails with "database is locked" without
       waiting; it also makes SAVEPOINT work, which the driver's own BEGIN handling breaks.
-    - Sync engine only: a transaction begun on an event loop's thread does not wait for the
-      lock (busy timeout 0): the holder needs that loop to finish, so waiting could only
-      end in "database is locked" after the full timeout with every task stopped.
+    - The sync engine (``sync``) sends that ``BEGIN IMMEDIATE`` just before the first
+      statement that is not a SELECT, as the seed's sqlite3 did with a plain BEGIN: reads
+      take no lock, so a route's session that only read never blocks the service it
+      calls. On an event loop's thread it does not wait for the lock (busy timeout 0):
+      the holder needs that loop to finish, so waiting could only end in "database is
+      locked" after the full timeout with every task stopped.
     """
     busy_timeout_ms = int(settings.sqlite_busy_timeout * 1000)
     memory = settings.memory
@@ -152,15 +153,31 @@ def apply_sqlite_rules(engine: Engine, settings: Settings, *, sync: bool = False
         finally:
             cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        if sync:
+    if not sync:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(connection: Connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    else:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin_later(connection: Connection) -> None:
+            connection.info["atom_begin_pending"] = True  # lives with the DBAPI connection
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _begin_before_first_write(
+            connection: Connection, cursor: Any, statement: str, *_: Any
+        ) -> None:
+            info = connection.info
+            if not info.get("atom_begin_pending") or statement.lstrip()[:6].upper() == "SELECT":
+                return
+            info["atom_begin_pending"] = False
             wanted = 0 if asyncio._get_running_loop() is not None else busy_timeout_ms
-            info = connection.connection.info  # lives as long as the DBAPI connection
             if info.get("atom_busy_timeout_ms", busy_timeout_ms) != wanted:
-                connection.exec_driver_sql(f"PRAGMA busy_timeout={wanted}")
+                cursor.execute(f"PRAGMA busy_timeout={wanted}")
                 info["atom_busy_timeout_ms"] = wanted
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+            cursor.execute("BEGIN IMMEDIATE")
 
     @event.listens_for(engine, "handle_error")
     def _explain_lock_errors(context: ExceptionContext) -> None:

@@ -47,7 +47,13 @@ logger = logging.getLogger("atom_async_db")
 
 _UNSAVED = "atom_async_db.unsaved"  # flushed (or joined-in) writes awaiting the real COMMIT
 _WROTE = "atom_async_db.wrote"  # the session flushed at least once in its life
-_DELETED = "atom_async_db.deleted"  # identity keys this session deleted
+# Kept by nested sessions only (their life is one block), for the hand-over to the outer:
+_NESTED = "atom_async_db.nested"
+_CHANGED = "atom_async_db.changed"  # the objects it updated (strong references)
+_DELETED = "atom_async_db.deleted"  # the identity keys it deleted
+
+#: Keyword arguments that make a session a nested block's session.
+NESTED_SESSION = {"join_transaction_mode": "create_savepoint", "info": {_NESTED: True}}
 
 
 class TrackedSession(Session):
@@ -56,10 +62,13 @@ class TrackedSession(Session):
 
 @event.listens_for(TrackedSession, "after_flush")
 def _after_flush(session: Session, _flush_context: Any) -> None:
-    session.info[_UNSAVED] = session.info[_WROTE] = True
-    if session.deleted:  # still the pre-flush lists here
-        deleted = session.info.setdefault(_DELETED, set())
-        deleted.update(inspect(obj).identity_key for obj in session.deleted)
+    info = session.info
+    info[_UNSAVED] = info[_WROTE] = True
+    if info.get(_NESTED):  # the pre-flush lists, still
+        info.setdefault(_CHANGED, []).extend(session.dirty)
+        info.setdefault(_DELETED, set()).update(
+            inspect(obj).identity_key for obj in session.deleted
+        )
 
 
 def _hand_over_to_outer(inner: Session, outer: Session) -> None:
@@ -68,7 +77,8 @@ def _hand_over_to_outer(inner: Session, outer: Session) -> None:
 
     Each block has its own identity map; without this, an object the outer block loaded
     keeps its old values after the inner block changed the row, and a later write from the
-    outer would silently overwrite the inner change.
+    outer would silently overwrite the inner change. The inner block's changed objects are
+    held strongly (its identity map is weak: the inner code may have dropped them).
     """
     if not inner.info.get(_WROTE):
         return
@@ -78,8 +88,11 @@ def _hand_over_to_outer(inner: Session, outer: Session) -> None:
         stale = outer_map.get(key)
         if stale is not None:
             outer.expunge(stale)
-    for obj in list(inner.identity_map.values()):
-        if inspect(obj).identity_key in outer_map:
+    seen = {id(obj): obj for obj in inner.info.get(_CHANGED, ())}
+    seen.update((id(obj), obj) for obj in inner.identity_map.values())
+    for obj in seen.values():
+        state = inspect(obj)
+        if state.persistent and state.identity_key in outer_map:
             outer.merge(obj, load=False)
 
 
@@ -157,9 +170,7 @@ class SessionScope:
             # The inner block must see what the outer one has done so far.
             await outer.flush()
             connection = await outer.connection()
-            session = database._sessionmaker(
-                bind=connection, join_transaction_mode="create_savepoint"
-            )
+            session = database._sessionmaker(bind=connection, **NESTED_SESSION)
             self._outer = outer
         else:
             if (
@@ -262,9 +273,7 @@ class SyncSessionScope:
         if active is not None and active.owner is owner and isinstance(active.session, Session):
             outer = active.session
             outer.flush()  # the inner block must see what the outer one has done so far
-            session = self._make_session(
-                bind=outer.connection(), join_transaction_mode="create_savepoint"
-            )
+            session = self._make_session(bind=outer.connection(), **NESTED_SESSION)
             self._outer = outer
         else:
             session = self._make_session()

@@ -121,6 +121,14 @@ def _choice(*choices: str) -> Callable[[object, str], str]:
     return parse
 
 
+def _overflow(value: object, label: str) -> int:
+    expectation = "a whole number >= 0, or -1 for no limit"
+    number = int(_number(value, label, int, expectation))
+    if number < -1:
+        raise ConfigurationError(f"{label} must be {expectation}, got {value!r}")
+    return number
+
+
 def _application_name(value: object, label: str) -> str:
     if not isinstance(value, str) or not value or len(value.encode()) > 63:
         raise ConfigurationError(
@@ -143,7 +151,7 @@ OPTIONS: Mapping[str, _Option] = {
     # one connection per loop queues sessions in order; more connections only poll the
     # lock in SQLite's busy handler (measured: 782 vs 608 point reads/s at 50 clients).
     "pool_size": _Option("ATOM_DB_POOL_SIZE", _int_at_least(1), 20, 1),
-    "max_overflow": _Option("ATOM_DB_MAX_OVERFLOW", _int_at_least(0), 30, 0),
+    "max_overflow": _Option("ATOM_DB_MAX_OVERFLOW", _overflow, 30, 0),
     "pool_timeout": _Option("ATOM_DB_POOL_TIMEOUT", _positive_float, 30.0, 30.0),
     "pool_recycle": _Option("ATOM_DB_POOL_RECYCLE", _recycle, 1800, -1),
     "pool_pre_ping": _Option("ATOM_DB_POOL_PRE_PING", _parse_bool, True, False),
@@ -153,10 +161,12 @@ OPTIONS: Mapping[str, _Option] = {
     ),
     "cleanup_timeout": _Option("ATOM_DB_CLEANUP_TIMEOUT", _positive_float, 5.0, 5.0),
     "sqlite_busy_timeout": _Option("ATOM_DB_SQLITE_BUSY_TIMEOUT", _positive_float, 30.0, 30.0),
-    # The legacy layer's sync engine (threads, scripts, `def` routes) has a pool of its own;
-    # unset, it is sized like the async pool.
-    "sync_pool_size": _Option("ATOM_DB_SYNC_POOL_SIZE", _int_at_least(1), None, None),
-    "sync_max_overflow": _Option("ATOM_DB_SYNC_MAX_OVERFLOW", _int_at_least(0), None, None),
+    # The legacy layer's sync engine (threads, scripts, `def` routes) has a pool of its own,
+    # on PostgreSQL sized like the async pool unless set (None). On SQLite it has no limit:
+    # its reads take no lock there (see _engine) and the write lock, not the pool, queues
+    # writers, while a limit would deadlock a route's session and the service it calls.
+    "sync_pool_size": _Option("ATOM_DB_SYNC_POOL_SIZE", _int_at_least(1), None, 5),
+    "sync_max_overflow": _Option("ATOM_DB_SYNC_MAX_OVERFLOW", _overflow, None, -1),
     # What a sync session used on an event loop's thread does: warn, or raise (strict).
     "sync_on_event_loop": _Option(
         "ATOM_DB_SYNC_ON_EVENT_LOOP", _choice("warn", "error"), "warn", "warn"

@@ -35,6 +35,7 @@ import atom_async_db
 from atom_async_db import Database, SyncSessionOnEventLoopError, SyncSessionOnEventLoopWarning
 from atom_async_db._engine import create_sync_engine_for
 from atom_async_db._session import TrackedSession
+from atom_async_db._settings import mask_url
 
 __all__ = ["LegacySession", "SessionLocal"]
 
@@ -148,6 +149,7 @@ def _exhausted(engine: Engine) -> bool:
     pool = engine.pool
     return (
         isinstance(pool, QueuePool)
+        and pool._max_overflow != -1  # -1: no limit
         and pool.checkedin() == 0
         and pool.overflow() >= pool._max_overflow
     )
@@ -167,6 +169,6 @@ def _outside_pool_engine(database: Database) -> Engine:
             "thread; such sessions now get a connection outside the pool (closed after use) "
             "instead of freezing the loop until pool_timeout. Run that code with "
             "sync_compat.run_legacy(), or raise sync_pool_size.",
-            database.url,
+            mask_url(database.settings.sync_url),
         )
     return engine

@@ -171,3 +171,22 @@ async def test_outer_objects_reflect_what_the_inner_block_wrote(db: Database) ->
     async with get_async_db_session() as session:
         counts = (await session.execute(select(User.email, User.data_count))).all()
     assert counts == [("a@example.com", 12)]
+
+
+async def test_no_lost_update_when_the_inner_code_dropped_its_objects(db: Database) -> None:
+    async with get_async_db_session() as session:
+        session.add(User(email="a@example.com", data_count=1))
+
+    async def bump(user_id: int) -> None:  # keeps no reference to what it changed
+        async with get_async_db_session() as inner:
+            user = await inner.get(User, user_id)
+            assert user is not None
+            user.data_count += 1
+
+    async with get_async_db_session() as outer:
+        a = (await outer.execute(select(User))).scalar_one()
+        await bump(a.id)
+        assert a.data_count == 2
+        a.data_count += 10
+    async with get_async_db_session() as session:
+        assert (await session.execute(select(User.data_count))).scalar_one() == 12

@@ -93,13 +93,15 @@ def test_accepted_urls_map_to_the_async_and_the_sync_driver(
     assert settings.sync_url.render_as_string() == sync_url
 
 
-def test_sync_pool_is_sized_like_the_async_pool_unless_set() -> None:
+def test_sync_pool_defaults() -> None:
     settings = build_settings("postgresql://u@h/db", environ={}, pool_size=7, max_overflow=2)
     assert (settings.sync_pool_size, settings.sync_max_overflow) == (7, 2)
     settings = build_settings(
         "postgresql://u@h/db", environ={"ATOM_DB_SYNC_POOL_SIZE": "3"}, sync_max_overflow=0
     )
     assert (settings.sync_pool_size, settings.sync_max_overflow) == (3, 0)
+    settings = build_settings("sqlite:///x.db", environ={})  # the seed's SQLite pool
+    assert (settings.sync_pool_size, settings.sync_max_overflow) == (5, -1)
 
 
 def test_sync_on_event_loop_accepts_warn_or_error() -> None:
@@ -179,7 +181,7 @@ def test_missing_driver_names_the_extra_to_install() -> None:
         ({"pool_size": 0}, "pool_size must be a whole number >= 1, got 0"),
         ({"pool_size": "ten"}, "pool_size must be a whole number >= 1, got 'ten'"),
         ({"pool_size": True}, "pool_size must be a whole number >= 1, got True"),
-        ({"max_overflow": -1}, "max_overflow must be a whole number >= 0"),
+        ({"max_overflow": -2}, "max_overflow must be a whole number >= 0, or -1 for no limit"),
         ({"pool_timeout": 0}, "pool_timeout must be a number of seconds > 0"),
         ({"pool_recycle": 0}, "pool_recycle must be a whole number of seconds >= 1, or -1"),
         ({"pool_pre_ping": "maybe"}, "pool_pre_ping must be a boolean"),

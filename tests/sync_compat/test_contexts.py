@@ -43,6 +43,9 @@ def count_users() -> int:
 # --------------------------------------------------------------------------- threads
 
 
+# (An in-memory database takes one writer at a time and cannot make others wait: concurrent
+# writing threads get a clear error there, see the memory test below.)
+@pytest.mark.parametrize("backend", ["sqlite_file", "postgres"], indirect=True)
 async def test_threads_share_the_sync_pool(db: Database) -> None:
     ids = await asyncio.gather(
         *(asyncio.to_thread(create_user, f"t{i}@example.com") for i in range(40))
@@ -73,6 +76,32 @@ async def test_nested_blocks_in_a_thread_join_the_outer_transaction(
 
     await asyncio.to_thread(outer_with_failing_inner)
     assert await emails() == {"outer@example.com", "inner-ok@example.com"}
+
+
+async def test_no_lost_update_between_nested_blocks_in_a_thread(db: Database) -> None:
+    [user_id] = await add_users("a@example.com", data_count=1)
+
+    def bump() -> None:  # a service that keeps no reference to what it changed
+        with get_db_session() as db:
+            db.get(User, user_id).data_count += 1  # type: ignore[union-attr]
+
+    def outer() -> None:
+        with get_db_session() as db:
+            user = db.get(User, user_id)
+            assert user is not None
+            bump()
+            assert user.data_count == 2
+            user.data_count += 10
+
+    await asyncio.to_thread(outer)
+    assert await asyncio.to_thread(lambda: get_user_count(user_id)) == 12
+
+
+def get_user_count(user_id: int) -> int:
+    with get_db_session() as db:
+        user = db.get(User, user_id)
+        assert user is not None
+        return user.data_count
 
 
 async def test_sync_connections_follow_the_engine_rules(db: Database) -> None:
