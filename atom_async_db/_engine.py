@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 
-from ._settings import Settings
+from ._settings import ASYNCPG_SECONDS, Settings
 from .exceptions import DriverNotInstalledError
 
 logger = logging.getLogger("atom_async_db")
@@ -57,8 +57,13 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
         "pool_pre_ping": settings.pool_pre_ping,
         "echo": settings.echo,
     }
+    url = settings.url
     if settings.dialect == "postgresql":
         connect_args = dict(settings.engine_options.get("connect_args", {}))
+        for name in ASYNCPG_SECONDS:
+            if name in url.query:
+                connect_args.setdefault(name, float(str(url.query[name])))
+        url = url.difference_update_query(ASYNCPG_SECONDS)
         connect_args["server_settings"] = {
             "application_name": settings.application_name,
             **connect_args.get("server_settings", {}),
@@ -73,7 +78,7 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
             # but pointless.
             options.update(pool_size=1, max_overflow=0, pool_recycle=-1, pool_pre_ping=False)
     merged = {**settings.engine_options, **options}
-    engine = create_async_engine(settings.url, **merged)
+    engine = create_async_engine(url, **merged)
     if settings.dialect == "sqlite":
         apply_sqlite_rules(engine.sync_engine, settings)
     return engine

@@ -247,7 +247,15 @@ class SyncSessionScope:
     nested scopes get ``bind=`` the outer connection and ``join_transaction_mode``.
     """
 
-    __slots__ = ("_active", "_commit", "_make_session", "_outer", "_session", "_token")
+    __slots__ = (
+        "_commit",
+        "_database",
+        "_independent",
+        "_make_session",
+        "_outer",
+        "_session",
+        "_token",
+    )
 
     def __init__(
         self,
@@ -255,10 +263,12 @@ class SyncSessionScope:
         make_session: Callable[..., Session],
         *,
         commit: bool,
+        independent: bool = False,
     ) -> None:
-        self._active = database._active
+        self._database = database
         self._make_session = make_session
         self._commit = commit
+        self._independent = independent
         self._outer: Session | None = None
         self._session: Session | None = None
         self._token: Token[ActiveScope | None] | None = None
@@ -269,16 +279,29 @@ class SyncSessionScope:
         # The owner is the thread, or the task when this runs on an event loop's thread.
         task = asyncio.current_task() if asyncio._get_running_loop() is not None else None
         owner: object = task or threading.current_thread()
-        active = self._active.get()
+        active = self._database._active.get()
+        outer = None
         if active is not None and active.owner is owner and isinstance(active.session, Session):
             outer = active.session
+        if outer is not None and not self._independent:
             outer.flush()  # the inner block must see what the outer one has done so far
             session = self._make_session(bind=outer.connection(), **NESTED_SESSION)
             self._outer = outer
         else:
+            if (
+                outer is not None
+                and self._database.settings.dialect == "sqlite"
+                and has_unsaved_changes(outer)
+            ):
+                raise SessionNestingError(
+                    "get_db_session(independent=True) cannot start on SQLite while this "
+                    "thread's outer session has written: SQLite runs one writer at a time, so "
+                    "each would wait for the other. Commit the outer session first, or drop "
+                    "independent=True to join the outer transaction."
+                )
             session = self._make_session()
         self._session = session
-        self._token = self._active.set(ActiveScope(owner, session))
+        self._token = self._database._active.set(ActiveScope(owner, session))
         return session
 
     def __exit__(
@@ -290,7 +313,7 @@ class SyncSessionScope:
         session, token = self._session, self._token
         assert session is not None
         assert token is not None
-        _restore(self._active, token)
+        _restore(self._database._active, token)
         if exc is not None:
             _release_sync(session, graceful=isinstance(exc, (Exception, GeneratorExit)))
             return

@@ -44,6 +44,8 @@ ACCEPTED_URL_FORMS = (
 )
 # libpq spellings that asyncpg names differently, so existing deployments' URLs work as they are.
 _ASYNCPG_QUERY_RENAMES = {"sslmode": "ssl", "connect_timeout": "timeout"}
+#: asyncpg connect() arguments in seconds, which it needs as numbers (a URL gives strings).
+ASYNCPG_SECONDS = ("timeout", "command_timeout")
 
 
 def mask_url(url: str | URL) -> str:
@@ -261,6 +263,10 @@ def _normalise_url(raw: str | URL) -> tuple[URL, URL, Dialect, bool]:
         _require("asyncpg", "PostgreSQL", "'atom_async_db[postgres]'")
         libpq_names = {v: k for k, v in _ASYNCPG_QUERY_RENAMES.items()}
         async_query = {_ASYNCPG_QUERY_RENAMES.get(k, k): v for k, v in url.query.items()}
+        for name in ASYNCPG_SECONDS:
+            if name in async_query:
+                label = f"{libpq_names.get(name, name)} in the URL"
+                _number(async_query[name], label, float, "a number of seconds")
         sync_query = {libpq_names.get(k, k): v for k, v in url.query.items()}
         return (
             url.set(drivername="postgresql+asyncpg", query=async_query),

@@ -16,6 +16,7 @@ __all__ = [
     "EmbeddedDatabaseError",
     "NoEventLoopError",
     "SessionNestingError",
+    "SyncSessionContextError",
     "SyncSessionOnEventLoopError",
     "SyncSessionOnEventLoopWarning",
     "UncommittedChangesWarning",
@@ -56,6 +57,12 @@ class SessionNestingError(AtomDBError, RuntimeError):
     outer session holds a transaction: SQLite runs one transaction at a time, so the
     independent session would wait for the outer one, which waits for it.
     """
+
+
+class SyncSessionContextError(AtomDBError, RuntimeError):
+    """A legacy sync session whose transaction began inside ``sync_compat.run_legacy`` (on
+    the async pool) was used outside it. Finish the transaction where it began: commit,
+    roll back or close the session inside the legacy function."""
 
 
 class SyncSessionOnEventLoopError(AtomDBError, RuntimeError):

@@ -21,7 +21,11 @@ An existing ``core/database.py`` becomes::
     from atom_async_db import get_async_db, get_async_db_session  # noqa: F401
 """
 
-from atom_async_db import SyncSessionOnEventLoopError, SyncSessionOnEventLoopWarning
+from atom_async_db import (
+    SyncSessionContextError,
+    SyncSessionOnEventLoopError,
+    SyncSessionOnEventLoopWarning,
+)
 
 from . import database_manager
 from ._scopes import get_db, get_db_session, run_legacy
@@ -30,6 +34,7 @@ from ._session import LegacySession, SessionLocal
 __all__ = [
     "LegacySession",
     "SessionLocal",
+    "SyncSessionContextError",
     "SyncSessionOnEventLoopError",
     "SyncSessionOnEventLoopWarning",
     "database_manager",

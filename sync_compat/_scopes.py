@@ -9,6 +9,7 @@ nesting rule), elsewhere the same rule and lifecycle on the sync engine
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import ParamSpec, TypeVar
@@ -27,7 +28,7 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def get_db_session() -> AbstractContextManager[Session]:
+def get_db_session(*, independent: bool = False) -> AbstractContextManager[Session]:
     """Open a session for services, background jobs and scripts: ``with`` it.
 
     The seed's semantics: commits when the block exits cleanly, rolls back when it raises
@@ -44,10 +45,12 @@ def get_db_session() -> AbstractContextManager[Session]:
 
     Nested inside another ``get_db_session()`` of the same thread (or, under
     :func:`run_legacy`, inside the calling task's async session) it joins the outer
-    transaction through a SAVEPOINT, exactly as the async core does; the outermost block
-    commits.
+    transaction through a SAVEPOINT, exactly as the async core does: its commit becomes
+    durable when the outermost block commits, and is undone if that block fails.
+    ``independent=True`` takes a connection of its own and commits on its own instead (an
+    audit record that must survive the caller's failure).
     """
-    return _scope(commit=True)
+    return _scope(commit=True, independent=independent)
 
 
 def get_db() -> Iterator[Session]:
@@ -91,16 +94,26 @@ async def run_legacy(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwarg
     Non-database blocking calls inside ``fn`` (``time.sleep``, ``requests``) still block
     the loop; run those with ``anyio.to_thread.run_sync``.
     """
-    return await greenlet_spawn(functools.partial(fn, *args, **kwargs))
+    if inspect.iscoroutinefunction(fn):
+        raise TypeError(
+            f"run_legacy() runs sync code, and {fn!r} is a coroutine function: await it directly"
+        )
+    result = await greenlet_spawn(functools.partial(fn, *args, **kwargs))
+    if inspect.isawaitable(result):
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: close it so Python does not warn on top
+        raise TypeError(
+            f"run_legacy() runs sync code, and {fn!r} returned an awaitable: await it directly"
+        )
+    return result
 
 
-def _scope(*, commit: bool) -> AbstractContextManager[Session]:
+def _scope(*, commit: bool, independent: bool = False) -> AbstractContextManager[Session]:
     database = get_database()
     if in_greenlet():
-        return _bridged(SessionScope(database, commit=commit))
-    return SyncSessionScope(
-        database, functools.partial(SessionLocal, database=database), commit=commit
-    )
+        return _bridged(SessionScope(database, commit=commit, independent=independent))
+    make_session = functools.partial(SessionLocal, database=database)
+    return SyncSessionScope(database, make_session, commit=commit, independent=independent)
 
 
 @contextmanager

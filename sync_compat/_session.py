@@ -32,7 +32,12 @@ from sqlalchemy.pool import NullPool, QueuePool
 from sqlalchemy.util.concurrency import in_greenlet
 
 import atom_async_db
-from atom_async_db import Database, SyncSessionOnEventLoopError, SyncSessionOnEventLoopWarning
+from atom_async_db import (
+    Database,
+    SyncSessionContextError,
+    SyncSessionOnEventLoopError,
+    SyncSessionOnEventLoopWarning,
+)
 from atom_async_db._engine import create_sync_engine_for
 from atom_async_db._session import TrackedSession
 from atom_async_db._settings import mask_url
@@ -119,6 +124,14 @@ class LegacySession(TrackedSession):
         engine = self._atom_engine
         if engine is None or not self.in_transaction():
             engine = self._atom_engine = _engine_for(database, where)
+        elif where is _Where.BRIDGED and not engine.dialect.is_async:
+            _on_loop_thread(database)  # begun in a thread, now the sync driver blocks the loop
+        elif where is not _Where.BRIDGED and engine.dialect.is_async:
+            raise SyncSessionContextError(
+                "this session's transaction began inside run_legacy(), on the event loop's "
+                "async pool, and cannot continue outside it; commit, roll back or close the "
+                "session inside the legacy function, or open one session per context"
+            )
         return engine
 
 

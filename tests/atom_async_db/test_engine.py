@@ -34,6 +34,17 @@ async def test_pool_settings_follow_the_seed_and_the_options(postgres_url: str) 
     await tuned.dispose()
 
 
+async def test_libpq_connect_timeout_in_the_url_works_on_both_engines(postgres_url: str) -> None:
+    database = Database(f"{postgres_url}?connect_timeout=3", application_name=APP_NAME)
+    try:
+        async with database.get_async_db_session() as session:
+            assert (await session.execute(text("select 1"))).scalar() == 1
+        with database.sync_engine.connect() as connection:
+            assert connection.scalar(text("select 1")) == 1
+    finally:
+        await database.dispose()
+
+
 async def test_connections_carry_the_application_name(db: Database, backend: str) -> None:
     if backend != "postgres":
         assert db.settings.application_name == APP_NAME  # SQLite has no sessions to label

@@ -161,6 +161,11 @@ def test_non_string_url_is_rejected() -> None:
         Database(42)  # type: ignore[arg-type]
 
 
+def test_url_timeouts_must_be_numbers() -> None:
+    with pytest.raises(ConfigurationError, match="connect_timeout in the URL must be a number"):
+        Database("postgresql://u@h/db?connect_timeout=soon")
+
+
 def test_missing_driver_names_the_extra_to_install() -> None:
     output = run_python(
         "import sys; sys.modules['asyncpg'] = None\n"

@@ -17,7 +17,13 @@ from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import OperationalError
 
 import atom_async_db
-from atom_async_db import Database, SyncSessionOnEventLoopError, SyncSessionOnEventLoopWarning
+from atom_async_db import (
+    Database,
+    SessionNestingError,
+    SyncSessionContextError,
+    SyncSessionOnEventLoopError,
+    SyncSessionOnEventLoopWarning,
+)
 from atom_async_db._engine import LOOP_THREAD_LOCK_NOTE, MEMORY_CONCURRENCY_NOTE
 from sync_compat import SessionLocal, get_db_session, run_legacy
 from tests.conftest import APP_NAME, emails, our_backends, run_python
@@ -363,3 +369,63 @@ sync_compat.dispose()
 def test_fork_child_never_reuses_the_parents_sync_connections(postgres_url: str) -> None:
     output = run_python(SYNC_FORK, postgres_url, APP_NAME)
     assert "child exit 0 parent reused True" in output
+
+
+# --------------------------------------------------------------------------- misuse, made clear
+
+
+async def test_a_transaction_begun_in_run_legacy_cannot_continue_outside_it(
+    db: Database,
+) -> None:
+    session = SessionLocal()
+    await run_legacy(session.execute, text("select 1"))
+    with pytest.raises(SyncSessionContextError, match="began inside run_legacy"):
+        await asyncio.to_thread(session.execute, text("select 1"))
+    await run_legacy(session.close)  # finishing it where it began works
+
+
+async def test_a_transaction_begun_in_a_thread_warns_when_run_legacy_blocks_on_it(
+    db: Database,
+) -> None:
+    session = SessionLocal()
+    await asyncio.to_thread(session.execute, text("select 1"))
+    with pytest.warns(SyncSessionOnEventLoopWarning):
+        await run_legacy(session.execute, text("select 1"))  # the sync driver, on the loop
+    await asyncio.to_thread(session.close)
+
+
+async def test_run_legacy_refuses_async_code() -> None:
+    async def coroutine_function() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="coroutine function: await it directly"):
+        await run_legacy(coroutine_function)
+    with pytest.raises(TypeError, match="returned an awaitable: await it directly"):
+        await run_legacy(lambda: coroutine_function())  # closed, so no "never awaited" warning
+
+
+async def test_independent_block_commits_on_its_own(db: Database) -> None:
+    def work_that_fails_after_an_audit_record() -> None:
+        with get_db_session() as db:
+            db.scalar(select(func.count(User.id)))
+            with get_db_session(independent=True) as audit:
+                audit.add(User(email="audit@example.com"))
+            db.add(User(email="work@example.com"))
+            raise RuntimeError("work fails")
+
+    with pytest.raises(RuntimeError):
+        await asyncio.to_thread(work_that_fails_after_an_audit_record)
+    assert await emails() == {"audit@example.com"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite_file"], indirect=True)
+async def test_sqlite_independent_block_after_the_outer_wrote_fails_at_once(db: Database) -> None:
+    def independent_after_a_write() -> None:
+        with get_db_session() as db:
+            db.add(User(email="outer@example.com"))
+            db.flush()
+            with get_db_session(independent=True):
+                pass
+
+    with pytest.raises(SessionNestingError, match="independent=True"):
+        await asyncio.to_thread(independent_after_a_write)
