@@ -151,7 +151,8 @@ class _Option:
 OPTIONS: Mapping[str, _Option] = {
     # SQLite: every transaction holds the database's single write lock (BEGIN IMMEDIATE), so
     # one connection per loop queues sessions in order; more connections only poll the
-    # lock in SQLite's busy handler (measured: 782 vs 608 point reads/s at 50 clients).
+    # lock in SQLite's busy handler: same throughput, p99 wait twice the ideal queueing wait
+    # instead of 1.2-1.4 times (benchmarks/README.md, ours against ours_pool5).
     "pool_size": _Option("ATOM_DB_POOL_SIZE", _int_at_least(1), 20, 1),
     "max_overflow": _Option("ATOM_DB_MAX_OVERFLOW", _overflow, 30, 0),
     "pool_timeout": _Option("ATOM_DB_POOL_TIMEOUT", _positive_float, 30.0, 30.0),

@@ -1,0 +1,1 @@
+"""Benchmarks of pool behaviour under concurrency: ``python -m benchmarks --help``."""

@@ -1,0 +1,68 @@
+"""The benchmark harness runs end to end and its write check can fail. (Speed itself is
+measured by the benchmarks, never asserted here.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from atom_async_db import Database
+from benchmarks._runner import run_cell
+from benchmarks._stacks import DEFAULT_STACKS, Ours, User, prepare
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("backend", ["sqlite_file", "postgres"], indirect=True)
+def test_a_tiny_run_reports_every_cell_and_verifies_writes(
+    backend_url: str, tmp_path: Path
+) -> None:
+    command = [
+        sys.executable, "-m", "benchmarks", "--quick", "--url", backend_url,
+        "--concurrency", "4", "--warmup", "0.1", "--duration", "0.3", "--out", str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "## read" in result.stdout and "## write" in result.stdout
+    results = json.loads((tmp_path / "results.json").read_text())
+    summaries = results["summaries"]
+    assert {(s["stack"], s["workload"]) for s in summaries} == {
+        (stack, workload) for stack in DEFAULT_STACKS for workload in ("read", "write")
+    }
+    for summary in summaries:
+        assert summary["ops_per_s"] > 0
+        assert summary["errors"] == {}
+        assert set(summary["latency_ms"]) == {"p50", "p95", "p99"}
+        assert set(summary["wait_ms"]) == {"p50", "p99", "max"}
+        assert summary["writes_verified"] is (True if summary["workload"] == "write" else None)
+    assert (tmp_path / "results.md").read_text().startswith("\n## read")
+
+
+class ClaimsWritesItNeverMade(Ours):
+    name = "claims_writes"
+
+    async def op(self, workload: str, key: int) -> float:
+        return await super().op("read", key)  # reports success, writes nothing
+
+
+async def test_the_write_check_catches_a_stack_that_loses_writes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    database = Database(url)
+    await prepare(database)
+
+    async def counter_sum() -> int:
+        async with database.get_async_db_session() as session:
+            return int(await session.scalar(select(func.sum(User.counter))) or 0)
+
+    stack = ClaimsWritesItNeverMade(database.settings.url, "sqlite")
+    cell = await run_cell(
+        stack, "write", 2, 0, warmup=0.05, duration=0.1, server_dsn=None, counter_sum=counter_sum
+    )
+    assert cell.ops_per_s > 0
+    assert cell.writes_verified is False
+    await database.dispose()
