@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform
 import sys
 import tempfile
@@ -107,6 +108,7 @@ async def run(args: argparse.Namespace, url: str) -> int:
     print(f"{mask_url(settings.url)}: {profile} run, {total} cells of {warmup}+{duration} s")
     started = time.perf_counter()
     done = 0
+    skipped: set[str] = set()
     for workload in workloads:
         for count in clients:
             for round_ in range(rounds):
@@ -116,13 +118,10 @@ async def run(args: argparse.Namespace, url: str) -> int:
                     stack = STACKS[name](settings.url, settings.dialect)
                     needs = count if name == "peer_nullpool" else 0
                     if max_connections and needs > max_connections - 10:
-                        cell = Cell(name, workload, count, round_)
-                        cell.note = (
+                        skipped.add(
                             f"{name} skipped at {count} clients: it needs a connection per "
                             f"client and the server allows max_connections={max_connections}"
                         )
-                        cell.ops_per_s = float("nan")
-                        cells.append(cell)
                         continue
                     cell = await run_cell(
                         stack, workload, count, round_,
@@ -142,16 +141,11 @@ async def run(args: argparse.Namespace, url: str) -> int:
     for workload in workloads:
         for count in clients:
             for name in stacks:
-                group = [
-                    c for c in cells if (c.workload, c.clients, c.stack) == (workload, count, name)
-                ]
-                if group and all(c.ops_per_s == c.ops_per_s for c in group):  # not NaN
+                key = (workload, count, name)
+                group = [c for c in cells if (c.workload, c.clients, c.stack) == key]
+                if group:
                     summaries.append(median_cell(group))
-                elif group:
-                    summaries.append({**median_cell(group), "ops_per_s": float("nan")})
-    summaries = [s for s in summaries if s["ops_per_s"] == s["ops_per_s"]]
-    skipped = sorted({c.note for c in cells if c.ops_per_s != c.ops_per_s})
-    report = table(summaries) + "".join(f"\n- {note}" for note in skipped)
+    report = table(summaries) + "".join(f"\n- {note}" for note in sorted(skipped))
     print(report)
     print(f"\n{time.perf_counter() - started:.0f} s; threads capped at {THREAD_CAP}")
     lost = [s for s in summaries if s["writes_verified"] is False]
@@ -166,7 +160,7 @@ async def run(args: argparse.Namespace, url: str) -> int:
                 "asyncpg": asyncpg.__version__,
                 "atom_async_db": atom_async_db.__version__,
             },
-            "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform()},
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
             "max_connections": max_connections,
             "cells": [c.as_dict() for c in cells],
             "summaries": summaries,
