@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from sqlalchemy import Integer, String, event, select, update
@@ -73,7 +73,6 @@ class Counters:
 
     statements: int = 0  # statements sent, BEGIN / COMMIT / pings included
     connects: int = 0  # connections opened
-    extra: dict[str, int] = field(default_factory=dict)
 
     def watch(self, engine: Engine, *, pre_ping: bool) -> None:
         def statement(*_: Any) -> None:
@@ -161,8 +160,11 @@ class Ours(Stack):
     name = "ours"
     options: ClassVar[dict[str, Any]] = {}
 
+    def open_database(self) -> Database:
+        return Database(self.url, application_name=self.application_name, **self.options)
+
     async def start(self) -> None:
-        self.database = Database(self.url, application_name=self.application_name, **self.options)
+        self.database = self.open_database()
         settings = self.database.settings
         self.counters.watch(self.database.engine.sync_engine, pre_ping=settings.pool_pre_ping)
 
@@ -232,7 +234,7 @@ class Raw(Stack):
     name = "raw"
 
     async def start(self) -> None:
-        self.size = build_settings(self.url)  # the default pool of `ours`, for the size
+        ours = build_settings(self.url)  # the same pool size as `ours` by default
         if self.dialect == "postgresql":
             import asyncpg
 
@@ -243,8 +245,8 @@ class Raw(Stack):
 
             self.pool = await asyncpg.create_pool(
                 dsn,
-                min_size=self.size.pool_size,
-                max_size=self.size.pool_size + self.size.max_overflow,
+                min_size=ours.pool_size,
+                max_size=ours.pool_size + ours.max_overflow,
                 server_settings={"application_name": self.application_name},
                 init=counted,
             )
@@ -253,7 +255,7 @@ class Raw(Stack):
 
             self.free: list[Any] = []
             self.waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
-            self.total = self.size.pool_size
+            self.total = ours.pool_size
             for _ in range(self.total):
                 connection = await aiosqlite.connect(self.url.database, isolation_level=None)
                 await connection.execute("PRAGMA journal_mode=WAL")
@@ -359,21 +361,14 @@ class Threads(Stack):
         return legacy_op(workload, key)
 
 
-class RunLegacy(Stack):
-    """The same legacy function, awaited through ``run_legacy`` (the async pool)."""
+class RunLegacy(Ours):
+    """The same legacy function, awaited through ``run_legacy`` (the async pool of the
+    default database, which ``sync_compat`` uses)."""
 
     name = "run_legacy"
 
-    async def start(self) -> None:
-        self.database = atom_async_db.configure(self.url, application_name=self.application_name)
-        engine = self.database.engine.sync_engine
-        self.counters.watch(engine, pre_ping=self.database.settings.pool_pre_ping)
-
-    async def stop(self) -> None:
-        await self.database.dispose()
-
-    def checked_out(self) -> int:
-        return int(self.database.engine.pool.checkedout())  # type: ignore[attr-defined]
+    def open_database(self) -> Database:
+        return atom_async_db.configure(self.url, application_name=self.application_name)
 
     async def op(self, workload: str, key: int) -> float:
         if workload == "long_out":
