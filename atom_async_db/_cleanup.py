@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 
 logger = logging.getLogger("atom_async_db")
 
@@ -49,3 +50,6 @@ async def run_to_completion(cleanup: Coroutine[Any, Any, None], *, deadline: flo
         logger.error("session cleanup failed", exc_info=task.exception())
     if cancelled is not None:
         raise cancelled
+    # An anyio cancel scope cancelled meanwhile was held off by the shield: it lands now, as
+    # it would have at this await without the shield.
+    await anyio.lowlevel.checkpoint_if_cancelled()

@@ -12,6 +12,7 @@ import asyncio
 import importlib.util
 import logging
 import sqlite3
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import create_engine, event
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 
+from ._guard import guarded_connector, install_cancellation_rules
 from ._settings import ASYNCPG_SECONDS, Settings
 from .exceptions import DriverNotInstalledError
 
@@ -58,8 +60,11 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
         "echo": settings.echo,
     }
     url = settings.url
+    connect_args = dict(settings.engine_options.get("connect_args", {}))
     if settings.dialect == "postgresql":
-        connect_args = dict(settings.engine_options.get("connect_args", {}))
+        import asyncpg
+
+        connect: Callable[..., Any] = asyncpg.connect
         for name in ASYNCPG_SECONDS:
             if name in url.query:
                 connect_args.setdefault(name, float(str(url.query[name])))
@@ -68,8 +73,10 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
             "application_name": settings.application_name,
             **connect_args.get("server_settings", {}),
         }
-        options["connect_args"] = connect_args
     else:
+        import aiosqlite
+
+        connect = aiosqlite.connect
         options["poolclass"] = AsyncAdaptedQueuePool
         if settings.memory:
             # One connection that sessions take in turn: two transactions on one SQLite
@@ -77,8 +84,16 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
             # other's commit), and the data lives on in the anchor, so recycling is harmless
             # but pointless.
             options.update(pool_size=1, max_overflow=0, pool_recycle=-1, pool_pre_ping=False)
+    if "async_creator" not in settings.engine_options:
+        connect_args["async_creator_fn"] = guarded_connector(connect, settings.cancel_grace)
+    options["connect_args"] = connect_args
     merged = {**settings.engine_options, **options}
+    # On PostgreSQL the ping is ours (see install_cancellation_rules), not SQLAlchemy's.
+    ping_on_checkout = settings.dialect == "postgresql" and merged["pool_pre_ping"]
+    if ping_on_checkout:
+        merged["pool_pre_ping"] = False
     engine = create_async_engine(url, **merged)
+    install_cancellation_rules(engine.sync_engine, ping_on_checkout=ping_on_checkout)
     if settings.dialect == "sqlite":
         apply_sqlite_rules(engine.sync_engine, settings)
     return engine

@@ -4,8 +4,11 @@ their sync counterparts in ``sync_compat``), and the nesting rule.
 Lifecycle: a scope opens an ``AsyncSession`` (``expire_on_commit=False``); on a clean exit
 it commits (``get_async_db_session()``) or leaves committing to the caller
 (``get_async_db``); on any exception it rolls back; it always releases the connection.
-A cancelled or otherwise interrupted block (``CancelledError``, ``KeyboardInterrupt``)
-may have left a statement half-sent, so its connection is invalidated, never reused.
+A cancelled block is rolled back like a failed one: cancellation cannot cut a driver call
+in half (see ``_guard``), so the connection is at rest and goes back to the pool, unless
+the guard had to abandon a call, in which case SQLAlchemy has already discarded it. A
+block interrupted otherwise (``KeyboardInterrupt``) may have left a statement half-sent,
+so its connection is invalidated, never reused.
 
 Nesting rule: a scope opened while the *same task* already holds a scope of the same
 database joins the outer scope's connection through a SAVEPOINT instead of taking a
@@ -200,8 +203,7 @@ class SessionScope:
         assert token is not None
         _restore(self._database._active, token)
         if exc is not None:
-            # GeneratorExit: a dependency generator closed by its consumer, not interrupted.
-            await self._release(session, graceful=isinstance(exc, (Exception, GeneratorExit)))
+            await self._release(session, graceful=_is_graceful(exc))
             return
         try:
             if self._commit:
@@ -209,7 +211,7 @@ class SessionScope:
             elif has_unsaved_changes(session):
                 _warn_uncommitted()
         except BaseException as error:
-            await self._release(session, graceful=isinstance(error, Exception))
+            await self._release(session, graceful=_is_graceful(error))
             raise
         if self._outer is not None:
             _hand_over_to_outer(session.sync_session, self._outer.sync_session)
@@ -218,6 +220,14 @@ class SessionScope:
     async def _release(self, session: AsyncSession, *, graceful: bool) -> None:
         limit = self._database.settings.cleanup_timeout
         await run_to_completion(_release(session, graceful, limit), deadline=2 * limit + 1)
+
+
+def _is_graceful(exc: BaseException) -> bool:
+    """Whether a block that ended with ``exc`` left its connection in a known state.
+
+    ``GeneratorExit``: a dependency generator closed by its consumer, not interrupted.
+    """
+    return isinstance(exc, (Exception, GeneratorExit, asyncio.CancelledError))
 
 
 async def _release(session: AsyncSession, graceful: bool, limit: float) -> None:

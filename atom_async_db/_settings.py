@@ -103,6 +103,13 @@ def _positive_float(value: object, label: str) -> float:
     return number
 
 
+def _non_negative_float(value: object, label: str) -> float:
+    number = _number(value, label, float, "a number of seconds >= 0")
+    if not number >= 0:
+        raise ConfigurationError(f"{label} must be a number of seconds >= 0, got {value!r}")
+    return number
+
+
 def _recycle(value: object, label: str) -> int:
     expectation = "a whole number of seconds >= 1, or -1 to never recycle"
     number = int(_number(value, label, int, expectation))
@@ -163,6 +170,9 @@ OPTIONS: Mapping[str, _Option] = {
         "ATOM_DB_APPLICATION_NAME", _application_name, "atom_async_db", "atom_async_db"
     ),
     "cleanup_timeout": _Option("ATOM_DB_CLEANUP_TIMEOUT", _positive_float, 5.0, 5.0),
+    # How long a driver call that a cancellation interrupted may still run so that its
+    # connection can be kept (see _guard); past it, the call is cancelled on the server.
+    "cancel_grace": _Option("ATOM_DB_CANCEL_GRACE", _non_negative_float, 0.5, 0.5),
     "sqlite_busy_timeout": _Option("ATOM_DB_SQLITE_BUSY_TIMEOUT", _positive_float, 30.0, 30.0),
     # The legacy layer's sync engine (threads, scripts, `def` routes) has a pool of its own,
     # on PostgreSQL sized like the async pool unless set (None). On SQLite it has no limit:
@@ -200,6 +210,7 @@ class Settings:
     echo: bool
     application_name: str
     cleanup_timeout: float
+    cancel_grace: float
     sqlite_busy_timeout: float
     sync_pool_size: int
     sync_max_overflow: int

@@ -27,7 +27,6 @@ async def test_pool_settings_follow_the_seed_and_the_options(postgres_url: str) 
         pool_recycle=60,
     )
     assert (default.engine.pool.size(), default.engine.pool._max_overflow) == (20, 30)  # type: ignore[attr-defined]
-    assert default.engine.pool._pre_ping is True  # type: ignore[attr-defined]
     pool = tuned.engine.pool
     assert (pool.size(), pool._max_overflow, pool._timeout, pool._recycle) == (3, 2, 7, 60)  # type: ignore[attr-defined]
     await default.dispose()
