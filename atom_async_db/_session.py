@@ -55,6 +55,11 @@ _NESTED = "atom_async_db.nested"
 _CHANGED = "atom_async_db.changed"  # the objects it updated (strong references)
 _DELETED = "atom_async_db.deleted"  # the identity keys it deleted
 
+COMMITTED_BEFORE_CANCEL_NOTE = (
+    "atom_async_db: the block's COMMIT completed before this cancellation took effect, "
+    "so its changes are saved"
+)
+
 #: Keyword arguments that make a session a nested block's session.
 NESTED_SESSION = {"join_transaction_mode": "create_savepoint", "info": {_NESTED: True}}
 
@@ -215,7 +220,12 @@ class SessionScope:
             raise
         if self._outer is not None:
             _hand_over_to_outer(session.sync_session, self._outer.sync_session)
-        await self._release(session, graceful=True)
+        try:
+            await self._release(session, graceful=True)
+        except asyncio.CancelledError as cancel:
+            if self._commit and self._outer is None:
+                cancel.add_note(COMMITTED_BEFORE_CANCEL_NOTE)
+            raise
 
     async def _release(self, session: AsyncSession, *, graceful: bool) -> None:
         limit = self._database.settings.cleanup_timeout
