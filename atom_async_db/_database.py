@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ._engine import create_engine_for, create_sync_engine_for, open_memory_anchor
 from ._loops import LoopEngines
-from ._session import ActiveScope, SessionScope, TrackedSession
+from ._session import ActiveScope, SessionScope, SingleTaskAsyncSession, TrackedSession
 from ._settings import Settings, build_settings
 
 __all__ = ["Database"]
@@ -68,7 +68,9 @@ class Database:
             lambda: create_engine_for(settings), dispose_timeout=settings.cleanup_timeout
         )
         self._sessionmaker = async_sessionmaker(
-            expire_on_commit=False, sync_session_class=TrackedSession
+            class_=SingleTaskAsyncSession,
+            expire_on_commit=False,
+            sync_session_class=TrackedSession,
         )
         self._active: ContextVar[ActiveScope | None] = ContextVar(
             "atom_async_db.active_scope", default=None

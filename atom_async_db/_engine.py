@@ -15,14 +15,14 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, exc
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 
 from ._guard import guarded_connector, install_cancellation_rules
 from ._settings import ASYNCPG_SECONDS, Settings
-from .exceptions import DriverNotInstalledError
+from .exceptions import DriverNotInstalledError, PoolTimeoutError
 
 logger = logging.getLogger("atom_async_db")
 
@@ -49,6 +49,34 @@ MEMORY_CONCURRENCY_NOTE = (
 )
 
 
+class _ExplainedTimeouts(Pool):
+    """A pool whose timeout error says how full it is and what to change."""
+
+    _settings_names = ("pool_size", "max_overflow", "pool_timeout")
+
+    def _do_get(self) -> Any:
+        try:
+            return super()._do_get()
+        except exc.TimeoutError as error:
+            size, overflow, timeout = self._settings_names
+            pool: Any = self
+            raise PoolTimeoutError(
+                f"no database connection became free within {timeout}={pool._timeout:g} s: "
+                f"{pool.checkedout()} connections are checked out, all the pool may open "
+                f"({size}={pool.size()}, {overflow}={pool._max_overflow}). Release sessions "
+                f"sooner (a session holds its connection until its block ends), or raise "
+                f"{size}, {overflow} or {timeout}."
+            ) from error
+
+
+class _AsyncPool(_ExplainedTimeouts, AsyncAdaptedQueuePool):
+    pass
+
+
+class _SyncPool(_ExplainedTimeouts, QueuePool):
+    _settings_names = ("sync_pool_size", "sync_max_overflow", "pool_timeout")
+
+
 def create_engine_for(settings: Settings) -> AsyncEngine:
     """Create the async engine for ``settings``; called once per event loop."""
     options: dict[str, Any] = {
@@ -58,6 +86,7 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
         "pool_recycle": settings.pool_recycle,
         "pool_pre_ping": settings.pool_pre_ping,
         "echo": settings.echo,
+        "poolclass": _AsyncPool,
     }
     url = settings.url
     connect_args = dict(settings.engine_options.get("connect_args", {}))
@@ -77,7 +106,6 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
         import aiosqlite
 
         connect = aiosqlite.connect
-        options["poolclass"] = AsyncAdaptedQueuePool
         if settings.memory:
             # One connection that sessions take in turn: two transactions on one SQLite
             # connection would share a single transaction state (one's rollback undoes the
@@ -123,12 +151,12 @@ def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None =
         connect_args = {"check_same_thread": False}
     options: dict[str, Any] = {
         **{k: v for k, v in settings.engine_options.items() if k != "connect_args"},
-        "poolclass": poolclass or QueuePool,
+        "poolclass": poolclass or _SyncPool,
         "pool_pre_ping": settings.pool_pre_ping,
         "echo": settings.echo,
         "connect_args": connect_args,
     }
-    if options["poolclass"] is QueuePool:
+    if options["poolclass"] is _SyncPool:
         options.update(
             pool_size=settings.sync_pool_size,
             max_overflow=settings.sync_max_overflow,

@@ -25,6 +25,7 @@ cancelled meanwhile, the call is given ``cancel_grace`` seconds to finish:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,8 @@ import anyio
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.util import await_
+
+from .exceptions import CommitOutcomeUnknownError
 
 logger = logging.getLogger("atom_async_db")
 
@@ -54,12 +57,23 @@ class ConnectionGuard:
     unknown and it must not be reused.
     """
 
-    __slots__ = ("grace", "rearmed_for", "tainted")
+    __slots__ = ("commit_outcome_unknown", "grace", "rearmed_for", "tainted")
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self.tainted = False
+        self.commit_outcome_unknown = False
         self.rearmed_for: asyncio.Task[Any] | None = None
+
+    async def commit(self, commit: Awaitable[Any]) -> Any:
+        """Run a COMMIT; a connection lost meanwhile leaves its outcome unknown, which
+        :func:`install_cancellation_rules` reports as :class:`CommitOutcomeUnknownError`."""
+        try:
+            return await self.run(commit)
+        except Exception as error:
+            if _is_connection_loss(error):
+                self.commit_outcome_unknown = True
+            raise
 
     def takes_cancellation(self, name: str) -> bool:
         """Whether the call about to be made (method ``name``) is where a cancellation
@@ -71,20 +85,23 @@ class ConnectionGuard:
         return task is asyncio.current_task()
 
     async def deliver_cancellation(
-        self, call: Callable[[], Awaitable[Any]], rollback: Callable[[], Awaitable[Any]] | None
+        self, call: Awaitable[Any], rollback: Callable[[], Awaitable[Any]] | None
     ) -> Any:
-        """Take the re-armed cancellation instead of making ``call``. For a COMMIT that is a
-        ROLLBACK instead (``rollback``): SQLAlchemy forgets the transaction either way."""
+        """Take the re-armed cancellation instead of making ``call`` (not started yet).
+        A COMMIT (``rollback`` given) becomes a ROLLBACK: SQLAlchemy forgets the
+        transaction either way, so it must not stay open."""
         try:
             await asyncio.sleep(0)
         except asyncio.CancelledError:
+            getattr(call, "close", lambda: None)()  # never started: nothing was sent
             if rollback is not None:
                 try:
                     await self.run(rollback())
                 except Exception:
                     self.tainted = True
             raise
-        return await self.run(call())  # the cancellation was withdrawn meanwhile
+        # The cancellation was withdrawn meanwhile.
+        return await (self.run(call) if rollback is None else self.commit(call))
 
     async def run(self, awaitable: Awaitable[Any]) -> Any:
         inner = asyncio.ensure_future(awaitable)
@@ -113,10 +130,9 @@ class ConnectionGuard:
                     inner.cancel()
                 give_up_at = loop.time() + limit
                 while not inner.done() and (remaining := give_up_at - loop.time()) > 0:
-                    try:
+                    # (a cancellation delivered again meanwhile is the same one: anyio does)
+                    with contextlib.suppress(asyncio.CancelledError):
                         await asyncio.wait((inner,), timeout=remaining)
-                    except asyncio.CancelledError:
-                        pass  # the same cancellation, delivered again (anyio does)
         if inner.done() and not inner.cancelled():
             inner.exception()  # retrieved here, so asyncio does not log it as lost
 
@@ -128,6 +144,35 @@ class ConnectionGuard:
         task.uncancel()
         task.cancel(cancel.args[0] if cancel.args else None)
         self.rearmed_for = task
+
+
+COMMIT_OUTCOME_UNKNOWN_NOTE = (
+    "atom_async_db: the connection was lost while COMMIT was in flight, so the transaction "
+    "may or may not have been committed; read the data back to find out. It is not retried "
+    "automatically, since a retry could apply the work twice."
+)
+
+
+CONNECTION_LOST_NOTE = (
+    "atom_async_db: the database closed this session's connection (a server-side timeout "
+    "such as idle_in_transaction_session_timeout, pg_terminate_backend, a restart, or the "
+    "network); the transaction is gone and the connection is discarded. Retry the unit of "
+    "work with a new session."
+)
+
+
+def _is_connection_loss(error: BaseException) -> bool:
+    if isinstance(error, (OSError, EOFError)):
+        return True
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover - asyncpg is an optional extra
+        return False
+    if isinstance(error, asyncpg.PostgresError):
+        # A server error answered the COMMIT (a deferred constraint, a serialization
+        # failure): the outcome is known (rolled back), unless the server is going away.
+        return error.sqlstate is not None and error.sqlstate.startswith(("57P", "08"))
+    return isinstance(error, asyncpg.InterfaceError)  # e.g. "connection is closed"
 
 
 class _GuardedDriverObject:
@@ -167,13 +212,11 @@ def _guarded_method(name: str, target: Any, proxy: _GuardedDriverObject) -> Call
             return _guarded(result, guard)
         if hasattr(result, "__aenter__"):
             return _GuardedContext(result, guard, name)
+        commit = name == "commit"
         if guard.takes_cancellation(name):
-            result.close()  # not started: nothing was sent
-            rollback = getattr(target, "rollback", None) if name == "commit" else None
-            return guard.deliver_cancellation(
-                lambda: getattr(target, name)(*args, **kwargs), rollback
-            )
-        return guard.run(result)
+            rollback = getattr(target, "rollback", None) if commit else None
+            return guard.deliver_cancellation(result, rollback)
+        return guard.commit(result) if commit else guard.run(result)
 
     return call
 
@@ -196,8 +239,7 @@ class _GuardedContext:
 
     def _start(self, awaitable: Any) -> Any:
         if self._guard.takes_cancellation(self._name):
-            self._result.close()  # not started: nothing was sent
-            return self._guard.deliver_cancellation(lambda: awaitable, None)
+            return self._guard.deliver_cancellation(awaitable, None)
         return self._guard.run(awaitable)
 
     def __aexit__(self, *exc_info: Any) -> Any:
@@ -236,7 +278,8 @@ def _guarded(result: Any, guard: ConnectionGuard) -> Any:
 def guard_of(driver_connection: Any) -> ConnectionGuard | None:
     """The guard of a driver connection made by :func:`guarded_connector`, else None."""
     if isinstance(driver_connection, _GuardedDriverObject):
-        return driver_connection._atom_guard
+        guard: ConnectionGuard = driver_connection._atom_guard
+        return guard
     return None
 
 
@@ -312,12 +355,26 @@ def install_cancellation_rules(engine: Engine, *, ping_on_checkout: bool) -> Non
                 raise disconnect from error
 
     @event.listens_for(engine, "handle_error")
-    def _keep_connections_at_rest(context: ExceptionContext) -> None:
-        if not isinstance(context.original_exception, asyncio.CancelledError):
-            return
+    def _keep_connections_at_rest(context: ExceptionContext) -> BaseException | None:
         connection = context.connection
         if connection is None or connection.invalidated:
-            return
+            return None
         guard = guard_of(connection.connection.driver_connection)
-        if guard is not None:
+        if guard is None:
+            return None
+        original = context.original_exception
+        if isinstance(original, asyncio.CancelledError):
             context.is_disconnect = guard.tainted
+        elif guard.commit_outcome_unknown:
+            guard.commit_outcome_unknown = False
+            context.is_disconnect = True
+            unknown = CommitOutcomeUnknownError(
+                "COMMIT", None, original, connection_invalidated=True
+            )
+            unknown.add_note(COMMIT_OUTCOME_UNKNOWN_NOTE)
+            return unknown
+        elif context.sqlalchemy_exception is not None and _is_connection_loss(
+            original.__cause__ or original
+        ):
+            context.sqlalchemy_exception.add_note(CONNECTION_LOST_NOTE)
+        return None

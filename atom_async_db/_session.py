@@ -27,6 +27,7 @@ itself, so it joins the calling task's session.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import warnings
@@ -41,7 +42,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from ._cleanup import run_to_completion
-from .exceptions import SessionNestingError, UncommittedChangesWarning
+from .exceptions import (
+    ConcurrentSessionUseError,
+    SessionNestingError,
+    UncommittedChangesWarning,
+)
 
 if TYPE_CHECKING:
     from ._database import Database
@@ -66,6 +71,51 @@ NESTED_SESSION = {"join_transaction_mode": "create_savepoint", "info": {_NESTED:
 
 class TrackedSession(Session):
     """The sync session behind every AsyncSession we create: records unsaved writes."""
+
+
+class SingleTaskAsyncSession(AsyncSession):
+    """The ``AsyncSession`` we hand out: refuses to be used by two tasks at the same time
+    (``asyncio.gather`` over one session), with an error that says what to do instead of
+    the driver's "another operation is in progress" or a broken session state.
+
+    Using it from another task once the first is done with it (a streaming body, a
+    background task) is fine.
+    """
+
+    _atom_user: asyncio.Task[Any] | None = None
+
+
+def _one_task_at_a_time(name: str) -> Callable[..., Any]:
+    method = getattr(AsyncSession, name)
+
+    @functools.wraps(method)
+    async def guarded(self: SingleTaskAsyncSession, *args: Any, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        user = self._atom_user
+        if user is task:  # re-entered by the same task
+            return await method(self, *args, **kwargs)
+        if user is not None and not user.done():
+            raise ConcurrentSessionUseError(
+                f"this AsyncSession is in use by task {user.get_name()!r} while task "
+                f"{task.get_name() if task else None!r} called {name}(): a session runs one "
+                "operation at a time, so use one session per task (open "
+                "`get_async_db_session()` inside each task), or await the operations one "
+                "after another"
+            )
+        self._atom_user = task
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self._atom_user = None
+
+    return guarded
+
+
+for _name in (
+    "connection", "delete", "execute", "flush", "get", "get_one", "merge", "refresh",
+    "run_sync", "scalar", "scalars", "stream", "stream_scalars", "commit",
+):  # fmt: skip
+    setattr(SingleTaskAsyncSession, _name, _one_task_at_a_time(_name))
 
 
 @event.listens_for(TrackedSession, "after_flush")

@@ -8,13 +8,18 @@ SQLAlchemy's and pass through unchanged.
 
 from __future__ import annotations
 
+from sqlalchemy import exc as _sa_exc
+
 __all__ = [
     "AtomDBError",
     "AtomDBWarning",
+    "CommitOutcomeUnknownError",
+    "ConcurrentSessionUseError",
     "ConfigurationError",
     "DriverNotInstalledError",
     "EmbeddedDatabaseError",
     "NoEventLoopError",
+    "PoolTimeoutError",
     "SessionNestingError",
     "SyncSessionContextError",
     "SyncSessionOnEventLoopError",
@@ -25,6 +30,34 @@ __all__ = [
 
 class AtomDBError(Exception):
     """Base class of every error raised by atom_async_db itself."""
+
+
+class PoolTimeoutError(AtomDBError, _sa_exc.TimeoutError):
+    """No connection became free within ``pool_timeout``: every connection the pool may
+    open is checked out.
+
+    A subclass of SQLAlchemy's ``TimeoutError``, so existing handlers still catch it. The
+    message shows the pool's size, overflow and checked-out count and the settings to
+    change.
+    """
+
+
+class CommitOutcomeUnknownError(AtomDBError, _sa_exc.OperationalError):
+    """The connection was lost while COMMIT was in flight: the transaction may or may not
+    have been committed, and only reading the data back can tell.
+
+    Never retried automatically (a retry could apply the work twice). The SQLAlchemy
+    error it replaces is its ``__cause__``; ``orig`` is the driver's error.
+    """
+
+
+class ConcurrentSessionUseError(AtomDBError, RuntimeError):
+    """One ``AsyncSession`` was used by two tasks at the same time.
+
+    A session and its connection run one operation at a time; give each concurrent task a
+    session of its own (``async with get_async_db_session()`` inside the task). Using a
+    session from another task *after* the first is done with it is fine.
+    """
 
 
 class ConfigurationError(AtomDBError, ValueError):

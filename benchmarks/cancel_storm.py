@@ -312,8 +312,9 @@ async def run_storm(
             report.seconds = time.perf_counter() - started
             if mechanism == "task.cancel":
                 report.tasks_not_cancelled = sum(
-                    1 for i, t in enumerate(running) if i in cancelled_in and not t.cancelled()
-                    and cancelled_in[i] != "finished"
+                    1
+                    for i, t in enumerate(running)
+                    if i in cancelled_in and not t.cancelled() and cancelled_in[i] != "finished"
                 )
             del running
             gc.collect()
