@@ -232,15 +232,16 @@ class _GuardedContext:
         self._name = name
 
     def __await__(self) -> Any:
-        return self._start(self._result).__await__()
+        return self._start(enter=False).__await__()
 
     def __aenter__(self) -> Any:
-        return self._start(self._result.__aenter__())
+        return self._start(enter=True)
 
-    def _start(self, awaitable: Any) -> Any:
+    def _start(self, *, enter: bool) -> Any:
         if self._guard.takes_cancellation(self._name):
-            return self._guard.deliver_cancellation(awaitable, None)
-        return self._guard.run(awaitable)
+            # Awaiting the result gives what entering it does (the cursor).
+            return self._guard.deliver_cancellation(self._result, None)
+        return self._guard.run(self._result.__aenter__() if enter else self._result)
 
     def __aexit__(self, *exc_info: Any) -> Any:
         return self._guard.run(self._result.__aexit__(*exc_info))
