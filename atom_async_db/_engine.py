@@ -98,6 +98,8 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
             if name in url.query:
                 connect_args.setdefault(name, float(str(url.query[name])))
         url = url.difference_update_query(ASYNCPG_SECONDS)
+        # asyncpg waits 60 s for a server that does not answer; never wait past pool_timeout.
+        connect_args.setdefault("timeout", settings.pool_timeout)
         connect_args["server_settings"] = {
             "application_name": settings.application_name,
             **connect_args.get("server_settings", {}),
@@ -113,7 +115,12 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
             # but pointless.
             options.update(pool_size=1, max_overflow=0, pool_recycle=-1, pool_pre_ping=False)
     if "async_creator" not in settings.engine_options:
-        connect_args["async_creator_fn"] = guarded_connector(connect, settings.cancel_grace)
+        server = None
+        if settings.dialect == "postgresql":
+            server = f"{url.host or 'localhost'}:{url.port or 5432}"
+        connect_args["async_creator_fn"] = guarded_connector(
+            connect, settings.cancel_grace, server=server
+        )
     options["connect_args"] = connect_args
     merged = {**settings.engine_options, **options}
     # On PostgreSQL the ping is ours (see install_cancellation_rules), not SQLAlchemy's.

@@ -36,7 +36,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine, ExceptionContext
 from sqlalchemy.util import await_
 
-from .exceptions import CommitOutcomeUnknownError
+from .exceptions import CommitOutcomeUnknownError, DatabaseUnavailableError
 
 logger = logging.getLogger("atom_async_db")
 
@@ -161,6 +161,17 @@ CONNECTION_LOST_NOTE = (
 )
 
 
+def _explain_connect_error(context: ExceptionContext) -> None:
+    cause = context.original_exception.__cause__
+    if context.sqlalchemy_exception is None or cause is None:
+        return
+    if type(cause).__name__ in {"InvalidPasswordError", "InvalidAuthorizationSpecificationError"}:
+        context.sqlalchemy_exception.add_note(
+            "atom_async_db: the server refused the login; check the user name and password "
+            "of the database URL (DATABASE_URL), and the server's pg_hba.conf"
+        )
+
+
 def _is_connection_loss(error: BaseException) -> bool:
     if isinstance(error, (OSError, EOFError)):
         return True
@@ -172,7 +183,9 @@ def _is_connection_loss(error: BaseException) -> bool:
         # A server error answered the COMMIT (a deferred constraint, a serialization
         # failure): the outcome is known (rolled back), unless the server is going away.
         return error.sqlstate is not None and error.sqlstate.startswith(("57P", "08"))
-    return isinstance(error, asyncpg.InterfaceError)  # e.g. "connection is closed"
+    # "connection is closed"; "cannot switch to state ...; another operation is in progress"
+    # (the server ended the connection under a statement: sqlalchemy#13241)
+    return isinstance(error, (asyncpg.InterfaceError, asyncpg.InternalClientError))
 
 
 class _GuardedDriverObject:
@@ -284,16 +297,19 @@ def guard_of(driver_connection: Any) -> ConnectionGuard | None:
     return None
 
 
-def guarded_connector(connect: Callable[..., Any], grace: float) -> Callable[..., Any]:
+def guarded_connector(
+    connect: Callable[..., Any], grace: float, *, server: str | None = None
+) -> Callable[..., Any]:
     """An ``async_creator_fn`` for SQLAlchemy's asyncpg and aiosqlite dialects: connects
     with ``connect`` (the driver's own function) and guards the connection.
 
-    The connect itself is guarded too, so a task cancelled while its connection is being
-    opened still adds it to the pool instead of dropping a half-open socket.
+    A task cancelled while its connection is being opened lets the handshake finish and
+    closes the connection, rather than drop a half-open socket. Network-level failures to
+    reach ``server`` ("host:port") become :class:`DatabaseUnavailableError`.
     """
 
     async def connect_guarded(*args: Any, **kwargs: Any) -> Any:
-        opening = asyncio.ensure_future(_connect(connect, args, kwargs))
+        opening = asyncio.ensure_future(_connect(connect, args, kwargs, server))
         try:
             connection = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -308,14 +324,29 @@ def guarded_connector(connect: Callable[..., Any], grace: float) -> Callable[...
     return connect_guarded
 
 
-async def _connect(connect: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+async def _connect(connect: Callable[..., Any], args: Any, kwargs: Any, server: str | None) -> Any:
     connection = connect(*args, **kwargs)
     thread = getattr(connection, "_thread", None)
     if thread is not None:
         # aiosqlite >= 0.22 runs each connection in a non-daemon thread, which would keep
         # the process alive if a connection is never closed (SQLAlchemy does the same).
         thread.daemon = True
-    return await connection
+    try:
+        return await connection
+    except Exception as error:
+        # 57P03: the server is starting up or shutting down
+        down = (
+            isinstance(error, (OSError, TimeoutError)) or getattr(error, "sqlstate", 0) == "57P03"
+        )
+        if server is None or not down:
+            raise
+        reason = (
+            "no answer within the connect timeout" if isinstance(error, TimeoutError) else error
+        )
+        raise DatabaseUnavailableError(
+            f"cannot connect to the database server at {server} ({reason}); check that it is "
+            "running and reachable, and the host and port of the database URL"
+        ) from error
 
 
 def install_cancellation_rules(engine: Engine, *, ping_on_checkout: bool) -> None:
@@ -358,7 +389,10 @@ def install_cancellation_rules(engine: Engine, *, ping_on_checkout: bool) -> Non
     @event.listens_for(engine, "handle_error")
     def _keep_connections_at_rest(context: ExceptionContext) -> BaseException | None:
         connection = context.connection
-        if connection is None or connection.invalidated:
+        if connection is None:
+            _explain_connect_error(context)
+            return None
+        if connection.invalidated:
             return None
         guard = guard_of(connection.connection.driver_connection)
         if guard is None:
@@ -377,5 +411,6 @@ def install_cancellation_rules(engine: Engine, *, ping_on_checkout: bool) -> Non
         elif context.sqlalchemy_exception is not None and _is_connection_loss(
             original.__cause__ or original
         ):
+            context.is_disconnect = True  # never hand this connection out again
             context.sqlalchemy_exception.add_note(CONNECTION_LOST_NOTE)
         return None

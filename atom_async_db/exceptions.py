@@ -16,6 +16,7 @@ __all__ = [
     "CommitOutcomeUnknownError",
     "ConcurrentSessionUseError",
     "ConfigurationError",
+    "DatabaseUnavailableError",
     "DriverNotInstalledError",
     "EmbeddedDatabaseError",
     "NoEventLoopError",
@@ -30,6 +31,17 @@ __all__ = [
 
 class AtomDBError(Exception):
     """Base class of every error raised by atom_async_db itself."""
+
+
+class DatabaseUnavailableError(AtomDBError, ConnectionError):
+    """A new connection could not be opened: the server is down, unreachable or refused the
+    connection at the network level, or did not answer within the connect timeout
+    (``pool_timeout``, or ``connect_timeout`` in the URL).
+
+    A subclass of ``ConnectionError`` (an ``OSError``), which is what the driver raised; the
+    message names the host and port (never the password) and the driver's error is its
+    ``__cause__``. The pool recovers on its own once the server is back.
+    """
 
 
 class PoolTimeoutError(AtomDBError, _sa_exc.TimeoutError):

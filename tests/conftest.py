@@ -233,6 +233,23 @@ class ThrowawayCluster:
             command = ["runuser", "-u", "postgres", "--", *command]
         subprocess.run(command, check=True, capture_output=True, timeout=60)
 
+    async def require_password(self, user: str, password: str) -> None:
+        """Create login ``user`` with ``password``, which the server then checks (scram)."""
+        connection = await asyncpg.connect(asyncpg_dsn(self.url))
+        try:
+            await connection.execute(f'drop role if exists "{user}"')
+            await connection.execute(f"create role \"{user}\" login password '{password}'")
+        finally:
+            await connection.close()
+        hba = self.datadir / "data" / "pg_hba.conf"
+        rule = f"host all {user} 127.0.0.1/32 scram-sha-256\n"
+        if rule not in hba.read_text():
+            with hba.open("r+") as file:  # in place, so the file keeps its owner
+                rules = file.read()
+                file.seek(0)
+                file.write(rule + rules)
+        self.pg_ctl("reload")
+
     def pg_ctl(self, action: str) -> None:
         options = f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._run(
