@@ -7,6 +7,7 @@ against plain SQLAlchemy for comparison."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -42,8 +43,12 @@ async def test_1000_cancelled_tasks_on_postgres_cost_nothing(
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 async def test_cancelled_tasks_on_sqlite_cost_nothing(tmp_path: Path, mechanism: str) -> None:
+    threads_before = set(threading.enumerate())
     report = await run_storm(f"sqlite:///{tmp_path / 'storm.db'}", mechanism=mechanism, tasks=250)
     assert_clean(report)
+    for thread in set(threading.enumerate()) - threads_before:  # aiosqlite's, after dispose
+        await asyncio.to_thread(thread.join, 5)
+        assert not thread.is_alive(), f"{thread} still runs after dispose"
 
 
 async def test_the_storm_catches_a_session_that_only_closes_in_finally(postgres_url: str) -> None:

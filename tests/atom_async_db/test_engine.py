@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from atom_async_db import Database, SessionNestingError
 from atom_async_db._engine import MEMORY_CONCURRENCY_NOTE
-from tests.conftest import APP_NAME, assert_no_leaks, our_backends, reset_schema
+from tests.conftest import APP_NAME, assert_no_leaks, our_backends, reset_schema, run_python
 from tests.models import Post, User
 
 
@@ -239,3 +240,27 @@ def test_memory_database_written_from_two_loops_at_once_explains_the_fix() -> No
     finally:
         release_first.set()
         holder.join()
+
+
+def test_a_program_on_sqlite_exits_promptly_without_disposing(tmp_path: Path) -> None:
+    # aiosqlite runs a thread per connection; none of them may keep the process alive.
+    code = (
+        "import asyncio, sys, time\n"
+        "from sqlalchemy import text\n"
+        "import atom_async_db\n"
+        "atom_async_db.configure(sys.argv[1], pool_size=3)\n"
+        "async def main():\n"
+        "    async def use():\n"
+        "        async with atom_async_db.get_async_db_session() as s:\n"
+        "            await s.execute(text('select 1'))\n"
+        "    await asyncio.gather(*(use() for _ in range(3)))\n"
+        "    task = asyncio.create_task(use())\n"
+        "    await asyncio.sleep(0)\n"
+        "    task.cancel()\n"
+        "asyncio.run(main())\n"
+        "print('done', flush=True)\n"
+    )
+    started = time.monotonic()
+    output = run_python(code, f"sqlite:///{tmp_path / 'exit.db'}", timeout=20)
+    assert "done" in output
+    assert time.monotonic() - started < 10

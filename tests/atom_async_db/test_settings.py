@@ -211,12 +211,25 @@ def test_environment_sets_options_and_keywords_win(monkeypatch: pytest.MonkeyPat
     assert build_settings("postgresql://u@h/db", pool_size=3).pool_size == 3
 
 
-def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ATOM_DB_POOL_SIZE", "lots")
-    with pytest.raises(
-        ConfigurationError, match="ATOM_DB_POOL_SIZE must be a whole number >= 1, got 'lots'"
-    ):
-        configure("sqlite://")
+@pytest.mark.parametrize(
+    ("variable", "value", "complaint"),
+    [
+        ("ATOM_DB_POOL_SIZE", "lots", "must be a whole number >= 1, got 'lots'"),
+        ("ATOM_DB_POOL_SIZE", "-3", "must be a whole number >= 1, got '-3'"),
+        ("ATOM_DB_POOL_SIZE", "2.5", "must be a whole number >= 1, got '2.5'"),
+        ("ATOM_DB_MAX_OVERFLOW", "-2", "must be a whole number >= 0, or -1 for no limit"),
+        ("ATOM_DB_CANCEL_GRACE", "-1", "must be a number of seconds >= 0, got '-1'"),
+        ("ATOM_DB_POOL_TIMEOUT", "0", "must be a number of seconds > 0, got '0'"),
+    ],
+)
+def test_bad_environment_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, complaint: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as raised:
+        configure("postgresql://app:s3cret@127.0.0.1/db")
+    message = str(raised.value)
+    assert f"{variable} {complaint}" in message and "s3cret" not in message
 
 
 def test_application_name_from_the_url_is_honoured() -> None:

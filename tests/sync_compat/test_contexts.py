@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 import atom_async_db
 from atom_async_db import (
     Database,
+    PoolTimeoutError,
     SessionNestingError,
     SyncSessionContextError,
     SyncSessionOnEventLoopError,
@@ -429,3 +430,26 @@ async def test_sqlite_independent_block_after_the_outer_wrote_fails_at_once(db: 
 
     with pytest.raises(SessionNestingError, match="independent=True"):
         await asyncio.to_thread(independent_after_a_write)
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_exhausted_sync_pool_names_the_sync_settings(make_default: MakeDefault) -> None:
+    await make_default(sync_pool_size=1, sync_max_overflow=0, pool_timeout=0.2)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with get_db_session() as db:
+            db.execute(text("select 1"))
+            holding.set()
+            release.wait(10)
+
+    holder = asyncio.create_task(asyncio.to_thread(hold))
+    await asyncio.to_thread(holding.wait, 10)
+    try:
+        with pytest.raises(PoolTimeoutError) as raised:
+            await asyncio.to_thread(count_users)
+    finally:
+        release.set()
+        await holder
+    message = str(raised.value)
+    assert "sync_pool_size=1" in message and "sync_max_overflow=0" in message, message
