@@ -141,9 +141,11 @@ class Database:
     async def dispose(self) -> None:
         """Close the pooled connections of the running loop's engine and of the sync engine.
 
-        The next use opens new ones. Engines of other loops are disposed when their loop
-        shuts down. An in-memory SQLite database keeps its data until the ``Database``
-        itself is garbage collected.
+        Sessions still open get up to ``cleanup_timeout`` seconds to end first; a session
+        that outlasts that keeps working, and its connection is closed when it ends. The
+        next use opens new connections. Engines of other loops are disposed when their
+        loop shuts down. An in-memory SQLite database keeps its data until the
+        ``Database`` itself is garbage collected.
         """
         await self._engines.dispose_current()
         self.dispose_sync_engine()

@@ -23,7 +23,9 @@ import threading
 import weakref
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .exceptions import NoEventLoopError
@@ -98,6 +100,7 @@ class LoopEngines:
                 del self._entries[loop]
             if not loop.is_closed() and os.getpid() == pid:
                 try:
+                    await _drain(engine, self._dispose_timeout)
                     await asyncio.wait_for(engine.dispose(), self._dispose_timeout)
                 except Exception:
                     logger.warning(
@@ -129,6 +132,40 @@ class LoopEngines:
         self._lock = threading.Lock()
         _ORPHANS.extend(self._entries.values())
         self._entries = {}
+
+
+async def _drain(engine: AsyncEngine, patience: float) -> None:
+    """Wait up to ``patience`` seconds for the sessions still holding connections of ``engine`` to
+    end; a connection returned after that is closed on its return, not pooled (the pool
+    it returns to is being discarded, and would leave it unclosed)."""
+    pool: Any = engine.sync_engine.pool  # a QueuePool: it counts what is checked out
+    if pool.checkedout() == 0:
+        return
+    loop = asyncio.get_running_loop()
+    drained = asyncio.Event()
+    draining = True
+
+    def returned(_dbapi_connection: Any, record: Any) -> None:
+        if not draining:
+            record.invalidate()  # closes it: the pool it returns to is gone
+        loop.call_soon(check)  # once the return is done
+
+    def check() -> None:
+        if pool.checkedout() == 0:
+            drained.set()
+
+    event.listen(pool, "checkin", returned)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(patience):
+            await drained.wait()
+    draining = False
+    if pool.checkedout():
+        logger.warning(
+            "disposing while %d sessions still hold connections after %.1f s; each "
+            "connection is closed when its session ends",
+            pool.checkedout(),
+            patience,
+        )
 
 
 def _after_fork_in_child() -> None:
