@@ -66,3 +66,17 @@ async def test_the_write_check_catches_a_stack_that_loses_writes(tmp_path: Path)
     assert cell.ops_per_s > 0
     assert cell.writes_verified is False
     await database.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_the_cancel_storm_command_compares_both_stacks(backend_url: str) -> None:
+    command = [
+        sys.executable, "-m", "benchmarks.cancel_storm", "--url", backend_url,
+        "--tasks", "30", "--mechanisms", "task.cancel",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| plain") or
+            line.startswith("| ours")]  # fmt: skip
+    assert len(rows) == 2, result.stdout
+    assert "µs with the cancellation guard" in result.stdout
