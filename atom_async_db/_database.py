@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import weakref
@@ -43,10 +44,11 @@ class Database:
         url: the database URL; ``None`` reads ``DATABASE_URL`` and falls back to the
             embedded SQLite file ``./atom.db`` (with a logged warning).
         engine_options: extra ``create_async_engine()`` keywords, for what the named
-            options do not cover.
+            options do not cover. An ``async_creator`` of your own replaces our connect
+            step: the cancellation guard and ``application_name`` are then not applied.
         **options: ``pool_size``, ``max_overflow``, ``pool_timeout``, ``pool_recycle``,
             ``pool_pre_ping``, ``echo``, ``application_name``, ``cleanup_timeout``,
-            ``sqlite_busy_timeout``, and for the legacy layer ``sync_pool_size``,
+            ``cancel_grace``, ``sqlite_busy_timeout``, and for the legacy layer ``sync_pool_size``,
             ``sync_max_overflow``, ``sync_on_event_loop``; each also settable by
             environment (see the README).
 
@@ -141,13 +143,16 @@ class Database:
     async def dispose(self) -> None:
         """Close the pooled connections of the running loop's engine and of the sync engine.
 
-        Sessions still open get up to ``cleanup_timeout`` seconds to end first; a session
-        that outlasts that keeps working, and its connection is closed when it ends. The
-        next use opens new connections. Engines of other loops are disposed when their
+        Sessions still open get up to ``cleanup_timeout`` seconds to end first (not when
+        the calling task itself holds one: it could not end meanwhile); sessions that
+        outlast that keep working, and the engine is closed when the last of them ends.
+        The next use opens new connections. Engines of other loops are disposed when their
         loop shuts down. An in-memory SQLite database keeps its data until the
         ``Database`` itself is garbage collected.
         """
-        await self._engines.dispose_current()
+        active = self._active.get()
+        holding = active is not None and active.owner is asyncio.current_task()
+        await self._engines.dispose_current(wait_for_sessions=not holding)
         self.dispose_sync_engine()
 
     def dispose_sync_engine(self) -> None:

@@ -62,8 +62,8 @@ class _ExplainedTimeouts(Pool):
             pool: Any = self
             raise PoolTimeoutError(
                 f"no database connection became free within {timeout}={pool._timeout:g} s: "
-                f"{pool.checkedout()} connections are checked out, all the pool may open "
-                f"({size}={pool.size()}, {overflow}={pool._max_overflow}). Release sessions "
+                f"all the pool may open are checked out (checked out: {pool.checkedout()}, "
+                f"{size}={pool.size()}, {overflow}={pool._max_overflow}). Release sessions "
                 f"sooner (a session holds its connection until its block ends), or raise "
                 f"{size}, {overflow} or {timeout}."
             ) from error

@@ -17,9 +17,11 @@ cancelled meanwhile, the call is given ``cancel_grace`` seconds to finish:
   await. When that is the connection's next driver call, it is taken there, before
   anything is sent (a COMMIT becomes a ROLLBACK: the cancelled task's work is undone). The
   session's cleanup then rolls back and returns a healthy connection.
-- It does not: it is cancelled (asyncpg cancels the statement on the server) and the
-  connection is marked *tainted*; :func:`install_cancellation_rules` makes SQLAlchemy
-  discard tainted connections and keep every other one.
+- It does not: it is stopped. An aiosqlite statement is interrupted and fails, which
+  leaves the connection consistent (as if it had finished). An asyncpg call is cancelled
+  midway (asyncpg cancels the statement on the server) and the connection is marked
+  *tainted*; :func:`install_cancellation_rules` makes SQLAlchemy discard tainted
+  connections and keep every other one.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,7 +44,12 @@ from .exceptions import CommitOutcomeUnknownError, DatabaseUnavailableError
 
 logger = logging.getLogger("atom_async_db")
 
-__all__ = ["ConnectionGuard", "guarded_connector", "install_cancellation_rules"]
+__all__ = [
+    "ConnectionGuard",
+    "deliver_rearmed_cancellation",
+    "guarded_connector",
+    "install_cancellation_rules",
+]
 
 # Calls that put a connection back at rest: a cancellation never stops them.
 _ALWAYS_RUN = frozenset({"rollback", "close", "terminate", "reset", "is_closed"})
@@ -57,32 +66,40 @@ class ConnectionGuard:
     unknown and it must not be reused.
     """
 
-    __slots__ = ("commit_outcome_unknown", "grace", "rearmed_for", "tainted")
+    __slots__ = ("commit_outcome_unknown", "grace", "interrupt", "tainted")
 
-    def __init__(self, grace: float) -> None:
+    def __init__(self, grace: float, interrupt: Callable[[], Awaitable[Any]] | None) -> None:
         self.grace = grace
+        self.interrupt = interrupt  # stops a running statement (aiosqlite; asyncpg: cancel)
         self.tainted = False
         self.commit_outcome_unknown = False
-        self.rearmed_for: asyncio.Task[Any] | None = None
 
     async def commit(self, commit: Awaitable[Any]) -> Any:
-        """Run a COMMIT; a connection lost meanwhile leaves its outcome unknown, which
-        :func:`install_cancellation_rules` reports as :class:`CommitOutcomeUnknownError`."""
+        """Run a COMMIT; a connection lost meanwhile, or a COMMIT still running when a
+        cancellation's grace ran out, leaves its outcome unknown (reported as
+        :class:`CommitOutcomeUnknownError`, or as a note on the ``CancelledError``)."""
         try:
             return await self.run(commit)
+        except asyncio.CancelledError as cancel:
+            if self.tainted:
+                cancel.add_note(COMMIT_ABANDONED_NOTE)
+            raise
         except Exception as error:
             if _is_connection_loss(error):
                 self.commit_outcome_unknown = True
             raise
 
-    def takes_cancellation(self, name: str) -> bool:
+    @staticmethod
+    def takes_cancellation(name: str) -> bool:
         """Whether the call about to be made (method ``name``) is where a cancellation
         re-armed by :meth:`_rearm` must land, before anything is sent."""
-        task = self.rearmed_for
-        if task is None or name in _ALWAYS_RUN:
+        if not _REARMED or name in _ALWAYS_RUN:
             return False
-        self.rearmed_for = None
-        return task is asyncio.current_task()
+        task = asyncio.current_task()
+        if task is None or task not in _REARMED:
+            return False
+        _REARMED.discard(task)
+        return True
 
     async def deliver_cancellation(
         self, call: Awaitable[Any], rollback: Callable[[], Awaitable[Any]] | None
@@ -111,40 +128,92 @@ class ConnectionGuard:
             if inner.done() and inner.cancelled():
                 raise  # the call itself was cancelled (by the loop shutting down, say)
             await self._settle(inner)
-            if not inner.done() or inner.cancelled():
-                self.tainted = True
+            if self.tainted:
+                if inner.done() and not inner.cancelled():
+                    inner.exception()  # the interrupted statement's error: not the news
                 raise
             self._rearm(cancel)
             result = inner.result()  # raises the call's own error, if any
         return _guarded(result, self)
 
     async def _settle(self, inner: asyncio.Future[Any]) -> None:
-        """Wait up to ``grace`` for ``inner``, then cancel it and wait for it to wind down,
-        whatever cancellations arrive meanwhile."""
+        """Wait up to ``grace`` for ``inner``, then stop it and wait for it to wind down,
+        whatever cancellations arrive meanwhile.
+
+        aiosqlite: the statement is interrupted and ends with an error, leaving the
+        connection consistent. asyncpg: the call is cancelled (asyncpg cancels the
+        statement on the server) midway, so the connection is tainted. A call that does
+        not wind down either way (a SQLite busy wait ignores interrupts) taints it too.
+        """
         loop = asyncio.get_running_loop()
         with anyio.CancelScope(shield=True):
-            for limit, cancel_first in ((self.grace, False), (_SETTLE_TIMEOUT, True)):
+            for limit, stop_first in ((self.grace, False), (_SETTLE_TIMEOUT, True)):
                 if inner.done():
                     break
-                if cancel_first:
-                    inner.cancel()
+                if stop_first:
+                    if self.interrupt is not None:
+                        await self.interrupt()
+                    else:
+                        self.tainted = True
+                        inner.cancel()
                 give_up_at = loop.time() + limit
                 while not inner.done() and (remaining := give_up_at - loop.time()) > 0:
                     # (a cancellation delivered again meanwhile is the same one: anyio does)
                     with contextlib.suppress(asyncio.CancelledError):
                         await asyncio.wait((inner,), timeout=remaining)
+            if not inner.done():
+                self.tainted = True
+                inner.cancel()
         if inner.done() and not inner.cancelled():
             inner.exception()  # retrieved here, so asyncio does not log it as lost
 
-    def _rearm(self, cancel: asyncio.CancelledError) -> None:
+    @staticmethod
+    def _rearm(cancel: asyncio.CancelledError) -> None:
         """Deliver ``cancel`` again at the task's next await: taken now, it would have
-        interrupted SQLAlchemy between a call that finished and the bookkeeping after it."""
+        interrupted SQLAlchemy between a call that finished and the bookkeeping after it.
+        :func:`deliver_rearmed_cancellation` makes sure it lands before the session
+        method that made the call returns."""
         task = asyncio.current_task()
         assert task is not None
         task.uncancel()
         task.cancel(cancel.args[0] if cancel.args else None)
-        self.rearmed_for = task
+        _REARMED.add(task)
 
+
+# Tasks whose cancellation a guard re-armed and that has not landed yet.
+_REARMED: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+async def deliver_rearmed_cancellation(
+    cause: BaseException | None = None, *, note: str | None = None
+) -> None:
+    """Let a cancellation re-armed during this task's last driver calls land now.
+
+    Called when a session method (or ``run_legacy``) returns or raises: the cancellation
+    then surfaces inside the ``asyncio.timeout``, cancel scope or ``try`` that wraps the
+    call, as it would have without the guard, never later and elsewhere.
+    """
+    if not _REARMED:
+        return
+    task = asyncio.current_task()
+    if task is None or task not in _REARMED:
+        return
+    _REARMED.discard(task)
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError as cancel:
+        if note is not None:
+            cancel.add_note(note)
+        if cause is not None and cancel is not cause:
+            raise cancel from cause
+        raise
+
+
+COMMIT_ABANDONED_NOTE = (
+    "atom_async_db: the COMMIT was still running when this cancellation's grace period "
+    "(cancel_grace) ran out and was stopped, so the transaction may or may not have been "
+    "committed; read the data back to find out."
+)
 
 COMMIT_OUTCOME_UNKNOWN_NOTE = (
     "atom_async_db: the connection was lost while COMMIT was in flight, so the transaction "
@@ -183,9 +252,14 @@ def _is_connection_loss(error: BaseException) -> bool:
         # A server error answered the COMMIT (a deferred constraint, a serialization
         # failure): the outcome is known (rolled back), unless the server is going away.
         return error.sqlstate is not None and error.sqlstate.startswith(("57P", "08"))
-    # "connection is closed"; "cannot switch to state ...; another operation is in progress"
-    # (the server ended the connection under a statement: sqlalchemy#13241)
-    return isinstance(error, (asyncpg.InterfaceError, asyncpg.InternalClientError))
+    if isinstance(error, (asyncpg.InterfaceError, asyncpg.InternalClientError)):
+        # "... the underlying connection is closed", and "cannot switch to state ...;
+        # another operation is in progress" when the server ended the connection under a
+        # statement (sqlalchemy#13241). Other interface errors are the caller's (too many
+        # arguments, a bad type) and leave the connection fine.
+        message = str(error)
+        return "connection is closed" in message or "another operation" in message
+    return False
 
 
 class _GuardedDriverObject:
@@ -201,8 +275,8 @@ class _GuardedDriverObject:
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._atom_target, name)
-        if not callable(value) or isinstance(value, type):
-            return value
+        if not inspect.ismethod(value):  # attributes, and callable objects such as the
+            return value  # sqlite3 connection behind aiosqlite's ``_conn``
         method = self._atom_methods.get(name)
         if method is None:
             method = self._atom_methods[name] = _guarded_method(name, self._atom_target, self)
@@ -314,12 +388,14 @@ def guarded_connector(
             connection = await asyncio.shield(opening)
         except asyncio.CancelledError:
             # Let the handshake finish rather than drop a half-open socket, then close.
-            await ConnectionGuard(grace)._settle(opening)
+            await ConnectionGuard(grace, None)._settle(opening)
             if opening.done() and not opening.cancelled() and opening.exception() is None:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_TIMEOUT):
                     await opening.result().close()
             raise
-        return _GuardedDriverObject(connection, ConnectionGuard(grace))
+        # aiosqlite statements run in a thread a task cancel cannot stop; sqlite3 can.
+        interrupt = getattr(connection, "interrupt", None) if server is None else None
+        return _GuardedDriverObject(connection, ConnectionGuard(grace, interrupt))
 
     return connect_guarded
 

@@ -43,6 +43,7 @@ _ALL_REGISTRIES: weakref.WeakSet[LoopEngines] = weakref.WeakSet()
 class _Entry:
     engine: AsyncEngine
     sentinel: AsyncGenerator[None, None]
+    wait_for_sessions: bool = True
 
 
 class LoopEngines:
@@ -96,22 +97,32 @@ class LoopEngines:
         finally:
             # Reached from loop.shutdown_asyncgens(), or from dispose_current() closing it.
             entry = self._entries.get(loop)
+            wait_for_sessions = True
             if entry is not None and entry.engine is engine:
                 del self._entries[loop]
+                wait_for_sessions = entry.wait_for_sessions
             if not loop.is_closed() and os.getpid() == pid:
                 try:
-                    await _drain(engine, self._dispose_timeout)
-                    await asyncio.wait_for(engine.dispose(), self._dispose_timeout)
+                    patience = self._dispose_timeout if wait_for_sessions else 0.0
+                    if await _wait_until_idle(engine, patience):
+                        await asyncio.wait_for(engine.dispose(), self._dispose_timeout)
+                    else:
+                        _dispose_when_idle(engine)
                 except Exception:
                     logger.warning(
                         "disposing the engine of a finished event loop failed", exc_info=True
                     )
 
-    async def dispose_current(self) -> None:
-        """Dispose the running loop's engine (if any); the next use creates a new one."""
+    async def dispose_current(self, *, wait_for_sessions: bool = True) -> None:
+        """Dispose the running loop's engine (if any); the next use creates a new one.
+
+        Sessions still holding connections get up to the dispose timeout to end
+        (``wait_for_sessions``); the engine is disposed once the last of them ends.
+        """
         loop = asyncio.get_running_loop()
         entry = self._entries.get(loop)
         if entry is not None:
+            entry.wait_for_sessions = wait_for_sessions
             await entry.sentinel.aclose()
         with self._lock:
             self._forget_closed_loops()
@@ -134,38 +145,60 @@ class LoopEngines:
         self._entries = {}
 
 
-async def _drain(engine: AsyncEngine, patience: float) -> None:
-    """Wait up to ``patience`` seconds for the sessions still holding connections of ``engine`` to
-    end; a connection returned after that is closed on its return, not pooled (the pool
-    it returns to is being discarded, and would leave it unclosed)."""
+async def _wait_until_idle(engine: AsyncEngine, patience: float) -> bool:
+    """Wait up to ``patience`` seconds for the sessions holding connections of ``engine``
+    to end; True once none is checked out."""
     pool: Any = engine.sync_engine.pool  # a QueuePool: it counts what is checked out
     if pool.checkedout() == 0:
-        return
+        return True
     loop = asyncio.get_running_loop()
-    drained = asyncio.Event()
-    draining = True
+    idle = asyncio.Event()
 
-    def returned(_dbapi_connection: Any, record: Any) -> None:
-        if not draining:
-            record.invalidate()  # closes it: the pool it returns to is gone
-        loop.call_soon(check)  # once the return is done
+    def returned(*_: Any) -> None:
+        loop.call_soon(check)  # once the connection is back in the pool
 
     def check() -> None:
         if pool.checkedout() == 0:
-            drained.set()
+            idle.set()
 
     event.listen(pool, "checkin", returned)
-    with contextlib.suppress(TimeoutError):
+    try:
         async with asyncio.timeout(patience):
-            await drained.wait()
-    draining = False
-    if pool.checkedout():
-        logger.warning(
-            "disposing while %d sessions still hold connections after %.1f s; each "
-            "connection is closed when its session ends",
-            pool.checkedout(),
-            patience,
-        )
+            await idle.wait()
+    except TimeoutError:
+        return False
+    finally:
+        event.remove(pool, "checkin", returned)
+    return True
+
+
+def _dispose_when_idle(engine: AsyncEngine) -> None:
+    """Dispose ``engine`` once its last checked-out connection comes back.
+
+    Disposing earlier would strand those connections: they would return to a discarded
+    pool and be dropped unclosed.
+    """
+    pool: Any = engine.sync_engine.pool
+    loop = asyncio.get_running_loop()
+    logger.warning(
+        "dispose: %d sessions still hold connections; the engine is closed when they end",
+        pool.checkedout(),
+    )
+
+    def returned(*_: Any) -> None:
+        loop.call_soon(check)
+
+    def check() -> None:
+        if pool.checkedout() == 0 and event.contains(pool, "checkin", returned):
+            event.remove(pool, "checkin", returned)
+            task = loop.create_task(engine.dispose())
+            _LATE_DISPOSALS.add(task)
+            task.add_done_callback(_LATE_DISPOSALS.discard)
+
+    event.listen(pool, "checkin", returned)
+
+
+_LATE_DISPOSALS: set[asyncio.Task[None]] = set()
 
 
 def _after_fork_in_child() -> None:

@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from ._cleanup import run_to_completion
+from ._guard import deliver_rearmed_cancellation
 from .exceptions import (
     ConcurrentSessionUseError,
     SessionNestingError,
@@ -83,6 +84,21 @@ class SingleTaskAsyncSession(AsyncSession):
     """
 
     _atom_user: asyncio.Task[Any] | None = None
+    _atom_idle: asyncio.Event | None = None
+
+    async def wait_until_idle(self, limit: float) -> bool:
+        """Wait up to ``limit`` seconds for an operation another task runs on this session
+        (``asyncio.gather`` siblings that outlive the block) to end; True if none runs."""
+        user = self._atom_user
+        if user is None or user.done() or user is asyncio.current_task():
+            return True
+        idle = self._atom_idle = asyncio.Event()
+        try:
+            async with asyncio.timeout(limit):
+                await idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
 
 def _one_task_at_a_time(name: str) -> Callable[..., Any]:
@@ -104,9 +120,17 @@ def _one_task_at_a_time(name: str) -> Callable[..., Any]:
             )
         self._atom_user = task
         try:
-            return await method(self, *args, **kwargs)
+            result = await method(self, *args, **kwargs)
+        except BaseException as error:
+            await deliver_rearmed_cancellation(error)
+            raise
         finally:
             self._atom_user = None
+            if self._atom_idle is not None:
+                self._atom_idle.set()
+        committed = name == "commit" and not self.sync_session.info.get(_NESTED)
+        await deliver_rearmed_cancellation(note=COMMITTED_BEFORE_CANCEL_NOTE if committed else None)
+        return result
 
     return guarded
 
@@ -292,7 +316,14 @@ def _is_graceful(exc: BaseException) -> bool:
 
 async def _release(session: AsyncSession, graceful: bool, limit: float) -> None:
     """Roll back what is uncommitted and give the connection back; invalidate it instead
-    when its state is unknown (interrupted block) or the rollback fails or hangs."""
+    when its state is unknown (interrupted block) or the rollback fails or hangs.
+
+    An operation that another task still runs on the session (a sibling of
+    ``asyncio.gather`` that outlived the block) is waited for first: rolling back under
+    it would wedge the session and leak its connection.
+    """
+    if isinstance(session, SingleTaskAsyncSession) and not await session.wait_until_idle(limit):
+        graceful = False
     if graceful:
         try:
             async with asyncio.timeout(limit):

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.util.concurrency import await_, greenlet_spawn, in_greenlet
 
 from atom_async_db import get_database
+from atom_async_db._guard import deliver_rearmed_cancellation
 from atom_async_db._session import SessionScope, SyncSessionScope
 
 from ._session import SessionLocal
@@ -98,7 +99,12 @@ async def run_legacy(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwarg
         raise TypeError(
             f"run_legacy() runs sync code, and {fn!r} is a coroutine function: await it directly"
         )
-    result = await greenlet_spawn(functools.partial(fn, *args, **kwargs))
+    try:
+        result = await greenlet_spawn(functools.partial(fn, *args, **kwargs))
+    except BaseException as error:
+        await deliver_rearmed_cancellation(error)
+        raise
+    await deliver_rearmed_cancellation()
     if inspect.isawaitable(result):
         if inspect.iscoroutine(result):
             result.close()  # never awaited: close it so Python does not warn on top

@@ -7,16 +7,25 @@ against plain SQLAlchemy for comparison."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from pathlib import Path
 
+import anyio
 import pytest
-from sqlalchemy import text
+from sqlalchemy import bindparam, event, exc, text
 
-from atom_async_db import Database
+from atom_async_db import ConcurrentSessionUseError, Database
+from atom_async_db._guard import COMMIT_ABANDONED_NOTE, CONNECTION_LOST_NOTE
 from atom_async_db._session import COMMITTED_BEFORE_CANCEL_NOTE
 from benchmarks.cancel_storm import MECHANISMS, PHASES, StormReport, run_storm
 from tests.conftest import APP_NAME, assert_no_leaks
+
+SLOW = {
+    "postgresql": "select pg_sleep(0.1)",
+    "sqlite": "with recursive c(x) as (select 1 union all select x + 1 from c "
+    "where x < 400000) select count(*) from c",
+}
 
 
 def assert_clean(report: StormReport) -> None:
@@ -94,3 +103,132 @@ async def test_a_commit_that_finished_is_reported_on_the_cancellation(
         assert await session.scalar(text("select count(*) from cancel_notes")) == 1
     await assert_no_leaks(database)
     await database.dispose()
+
+
+# A statement that finishes within the grace period must not move the cancellation out of
+# the scope that asked for it (found by review: the timeout then never fired inside).
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite_file"], indirect=True)
+async def test_a_timeout_around_a_statement_still_raises_inside_its_scope(db: Database) -> None:
+    slow = SLOW[db.settings.dialect]
+    task = asyncio.current_task()
+    assert task is not None
+    async with db.get_async_db_session() as session:
+        for _ in range(3):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.01):
+                    await session.execute(text(slow))
+            assert task.cancelling() == 0
+        await session.rollback()  # the session and its connection carry on
+        assert await session.scalar(text("select 1")) == 1
+    await assert_no_leaks(db)
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_anyio_scopes_and_task_groups_see_their_own_cancellation(db: Database) -> None:
+    slow = text(SLOW["postgresql"])
+    async with db.get_async_db_session() as session:
+        with anyio.move_on_after(0.01) as scope:
+            await session.execute(slow)
+        assert scope.cancelled_caught
+        await session.rollback()
+        with pytest.raises(TimeoutError):
+            with anyio.fail_after(0.01):
+                await session.execute(slow)
+        await session.rollback()
+        assert await session.scalar(text("select 1")) == 1
+
+    async def query() -> None:
+        async with db.get_async_db_session() as own:
+            await own.execute(slow)
+
+    async def fail() -> None:
+        raise ValueError("sibling failed")
+
+    with pytest.raises(ExceptionGroup):
+        async with asyncio.TaskGroup() as group:
+            group.create_task(query())
+            group.create_task(fail())
+    async with db.get_async_db_session() as session:  # no stray cancellation lands here
+        assert await session.scalar(text("select 1")) == 1
+    await assert_no_leaks(db)
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite_file"], indirect=True)
+async def test_gathered_operations_on_one_session_leak_nothing(db: Database) -> None:
+    slow = text(SLOW[db.settings.dialect])
+    with pytest.raises(ConcurrentSessionUseError):
+        async with db.get_async_db_session() as session:
+            await asyncio.gather(session.execute(slow), session.execute(slow))
+    # The block ended while the first statement still ran: cleanup waited for it.
+    await assert_no_leaks(db)
+    async with db.get_async_db_session() as session:
+        assert await session.scalar(text("select 1")) == 1
+
+
+async def test_a_long_sqlite_statement_is_interrupted_after_the_grace(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'long.db'}", cancel_grace=0.1)
+    endless = "with recursive c(x) as (select 1 union all select x + 1 from c) select max(x) from c"
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.1), database.get_async_db_session() as session:
+            await session.execute(text(endless))
+    assert asyncio.get_running_loop().time() - started < 3  # not the statement's forever
+    async with database.get_async_db_session() as session:
+        assert await session.scalar(text("select 1")) == 1
+    await assert_no_leaks(database)
+    await database.dispose()
+
+
+async def test_a_commit_stopped_after_the_grace_says_its_outcome_is_unknown(
+    postgres_url: str,
+) -> None:
+    database = Database(postgres_url, application_name=APP_NAME, pool_size=1, cancel_grace=0.1)
+    async with database.engine.begin() as connection:
+        for statement in (
+            "drop table if exists slow_commit",
+            "create table slow_commit (id int primary key)",
+            "create or replace function slow_commit_sleep() returns trigger language plpgsql "
+            "as $$ begin perform pg_sleep(2); return null; end $$",
+            "create constraint trigger slow_commit_sleep after insert on slow_commit "
+            "deferrable initially deferred for each row execute function slow_commit_sleep()",
+        ):
+            await connection.execute(text(statement))
+    task = asyncio.current_task()
+    assert task is not None
+    with pytest.raises(asyncio.CancelledError) as raised:
+        async with database.get_async_db_session() as session:
+            await session.execute(text("insert into slow_commit values (1)"))
+            event.listen(
+                session.sync_session,
+                "before_commit",
+                lambda _s: asyncio.get_running_loop().call_soon(task.cancel),
+            )
+    task.uncancel()
+    assert COMMIT_ABANDONED_NOTE in getattr(raised.value, "__notes__", [])
+    await assert_no_leaks(database)
+    await database.dispose()
+
+
+async def test_a_misused_query_is_not_mistaken_for_a_lost_connection(postgres_url: str) -> None:
+    database = Database(postgres_url, application_name=APP_NAME, pool_size=1)
+    discarded: list[object] = []
+    event.listen(database.engine.sync_engine.pool, "invalidate", lambda *a: discarded.append(a))
+    with pytest.raises(exc.DBAPIError) as raised:
+        async with database.get_async_db_session() as session:
+            ids = list(range(40_000))  # more parameters than the protocol allows
+            await session.execute(text("select 1 where 1 in :ids").bindparams(
+                bindparam("ids", expanding=True)), {"ids": ids})  # fmt: skip
+    assert CONNECTION_LOST_NOTE not in "".join(getattr(raised.value, "__notes__", []))
+    assert discarded == []
+    await database.dispose()
+
+
+async def test_dispose_from_inside_a_session_does_not_wait_for_itself(db: Database) -> None:
+    async with db.get_async_db_session() as session:
+        await session.execute(text("select 1"))
+        async with asyncio.timeout(db.settings.cleanup_timeout / 2):
+            await db.dispose()
+        assert await session.scalar(text("select 2")) == 2  # still works
+    gc.collect()  # and its connection was closed when it ended (no ResourceWarning)
