@@ -16,7 +16,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ._engine import create_engine_for, create_sync_engine_for, open_memory_anchor
 from ._loops import LoopEngines
-from ._session import ActiveScope, SessionScope, SingleTaskAsyncSession, TrackedSession
+from ._session import (
+    ActiveScope,
+    SessionScope,
+    SingleTaskAsyncSession,
+    TestTransaction,
+    TrackedSession,
+)
 from ._settings import Settings, build_settings
 
 __all__ = ["Database"]
@@ -78,6 +84,8 @@ class Database:
             "atom_async_db.active_scope", default=None
         )
         self._sync_engine: Engine | None = None
+        # Set while a test runs inside a rolled-back transaction (atom_async_db.testing).
+        self._test_transaction: TestTransaction | None = None
         self._sync_engine_lock = threading.Lock()
         if settings.memory:
             anchor = open_memory_anchor(settings)

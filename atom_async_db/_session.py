@@ -33,18 +33,20 @@ import threading
 import warnings
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, inspect
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from ._cleanup import run_to_completion
 from ._guard import deliver_rearmed_cancellation
 from .exceptions import (
     ConcurrentSessionUseError,
+    PoolTimeoutError,
     SessionNestingError,
     UncommittedChangesWarning,
 )
@@ -204,6 +206,23 @@ def _warn_uncommitted() -> None:
     )
 
 
+@dataclass
+class TestTransaction:
+    """A test's outer transaction, which every session of the database joins through a
+    SAVEPOINT while it is set (see :mod:`atom_async_db.testing`).
+
+    ``connection`` serves async code (sessions, dependencies, ``run_legacy``) on the test's
+    event loop; ``sync_connection`` serves legacy code in threads. Scopes of different
+    tasks take turns on the one connection (``turn``); a task's nested scopes join its own.
+    """
+
+    __test__ = False  # not a test class, whatever pytest's naming rules say
+
+    connection: AsyncConnection | None = None
+    sync_connection: Connection | None = None
+    turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 @dataclass(frozen=True)
 class ActiveScope:
     """A task's (or thread's) innermost open scope, kept in the database's context variable.
@@ -227,7 +246,7 @@ def _restore(variable: ContextVar[ActiveScope | None], token: Token[ActiveScope 
 class SessionScope:
     """Async context manager yielding an ``AsyncSession``; see the module docstring."""
 
-    __slots__ = ("_commit", "_database", "_independent", "_outer", "_session", "_token")
+    __slots__ = ("_commit", "_database", "_independent", "_outer", "_session", "_token", "_turn")
 
     def __init__(self, database: Database, *, commit: bool, independent: bool = False) -> None:
         self._database = database
@@ -236,6 +255,7 @@ class SessionScope:
         self._outer: AsyncSession | None = None
         self._session: AsyncSession | None = None
         self._token: Token[ActiveScope | None] | None = None
+        self._turn: asyncio.Lock | None = None
 
     async def __aenter__(self) -> AsyncSession:
         if self._session is not None:
@@ -248,12 +268,19 @@ class SessionScope:
         # joined: its connection is a sync driver's.)
         if active is not None and active.owner is task and isinstance(active.session, AsyncSession):
             outer = active.session
-        if outer is not None and not self._independent:
-            # The inner block must see what the outer one has done so far.
+        pinned = database._test_transaction
+        if pinned is not None and pinned.connection is None:
+            pinned = None  # a sync test's transaction: async code uses the real database
+        if outer is not None and (not self._independent or pinned is not None):
+            # The inner block must see what the outer one has done so far. (Inside a test
+            # transaction, independent blocks join too: nothing there is really committed.)
             await outer.flush()
             connection = await outer.connection()
             session = database._sessionmaker(bind=connection, **NESTED_SESSION)
             self._outer = outer
+        elif pinned is not None:
+            self._turn = await _take_turn(pinned, database)
+            session = database._sessionmaker(bind=pinned.connection, **NESTED_SESSION)
         else:
             if (
                 outer is not None
@@ -277,6 +304,13 @@ class SessionScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        try:
+            await self._exit(exc)
+        finally:
+            if self._turn is not None:
+                self._turn.release()
+
+    async def _exit(self, exc: BaseException | None) -> None:
         session, token = self._session, self._token
         assert session is not None
         assert token is not None
@@ -297,13 +331,28 @@ class SessionScope:
         try:
             await self._release(session, graceful=True)
         except asyncio.CancelledError as cancel:
-            if self._commit and self._outer is None:
+            if self._commit and self._outer is None and self._turn is None:
                 cancel.add_note(COMMITTED_BEFORE_CANCEL_NOTE)
             raise
 
     async def _release(self, session: AsyncSession, *, graceful: bool) -> None:
         limit = self._database.settings.cleanup_timeout
         await run_to_completion(_release(session, graceful, limit), deadline=2 * limit + 1)
+
+
+async def _take_turn(pinned: TestTransaction, database: Database) -> asyncio.Lock:
+    limit = database.settings.pool_timeout
+    try:
+        async with asyncio.timeout(limit):
+            await pinned.turn.acquire()
+    except TimeoutError:
+        raise PoolTimeoutError(
+            f"inside a test transaction every session shares the test's one connection, and "
+            f"another task's session held it for pool_timeout={limit:g} s; a task that "
+            "waits for another task while holding a session deadlocks here (end the "
+            "session before waiting)"
+        ) from None
+    return pinned.turn
 
 
 def _is_graceful(exc: BaseException) -> bool:
@@ -384,10 +433,14 @@ class SyncSessionScope:
         outer = None
         if active is not None and active.owner is owner and isinstance(active.session, Session):
             outer = active.session
-        if outer is not None and not self._independent:
+        pinned = self._database._test_transaction
+        pinned_connection = pinned.sync_connection if pinned is not None else None
+        if outer is not None and (not self._independent or pinned_connection is not None):
             outer.flush()  # the inner block must see what the outer one has done so far
             session = self._make_session(bind=outer.connection(), **NESTED_SESSION)
             self._outer = outer
+        elif pinned_connection is not None:
+            session = self._make_session(bind=pinned_connection, **NESTED_SESSION)
         else:
             if (
                 outer is not None

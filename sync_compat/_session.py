@@ -119,6 +119,15 @@ class LegacySession(TrackedSession):
         if database is None:
             database = self._atom_database = atom_async_db.get_database()
         where = _where()
+        pinned = database._test_transaction
+        if pinned is not None:  # a test's rolled-back transaction: join it (atom_async_db.testing)
+            async_connection = pinned.connection if where is _Where.BRIDGED else None
+            connection = (
+                async_connection.sync_connection if async_connection else pinned.sync_connection
+            )
+            if connection is not None:
+                self.join_transaction_mode = "create_savepoint"
+                return connection
         if where is _Where.LOOP:
             _on_loop_thread(database)
         engine = self._atom_engine
