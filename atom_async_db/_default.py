@@ -100,7 +100,8 @@ async def get_async_db() -> AsyncIterator[AsyncSession]:
             await db.commit()
             return user
 
-    Override it in tests with ``app.dependency_overrides[get_async_db]``.
+    In tests, :mod:`atom_async_db.testing` (and the pytest plugin's ``async_db_session``)
+    makes it join the test's rolled-back transaction; no override is needed.
     """
     async with SessionScope(get_database(), commit=False) as session:
         yield session

@@ -70,7 +70,8 @@ def get_db() -> Iterator[Session]:
         def get_user(user_id: int, db: Session = Depends(get_db)):
             return db.get(User, user_id)
 
-    Override it in tests with ``app.dependency_overrides[get_db]``.
+    In sync tests, the pytest plugin's ``db_session`` fixture makes it join the test's
+    rolled-back transaction; ``app.dependency_overrides[get_db]`` works too.
     """
     with _scope(commit=False) as session:
         yield session
