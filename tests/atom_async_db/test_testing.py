@@ -61,16 +61,15 @@ async def test_waiting_for_another_task_while_holding_a_session_is_explained(
     make_default: Any,
 ) -> None:
     db = await make_default(pool_timeout=0.2)
-    async with rollback_transaction(db):
-        async with db.get_async_db_session() as session:
-            await session.execute(select(1))
+    async with rollback_transaction(db), db.get_async_db_session() as session:
+        await session.execute(select(1))
 
-            async def other() -> None:
-                async with db.get_async_db_session():
-                    pass
+        async def other() -> None:
+            async with db.get_async_db_session():
+                pass
 
-            with pytest.raises(PoolTimeoutError, match="test transaction"):
-                await asyncio.create_task(other())
+        with pytest.raises(PoolTimeoutError, match="test transaction"):
+            await asyncio.create_task(other())
     await assert_no_leaks(db)
 
 
