@@ -10,6 +10,7 @@ the ``sync_compat`` package.
 from ._database import Database
 from ._default import configure, dispose, get_async_db, get_async_db_session, get_database
 from ._settings import EMBEDDED_DATABASE_FILENAME
+from ._workers import ItemOutcome, run_each
 from .exceptions import (
     AtomDBError,
     AtomDBWarning,
@@ -39,6 +40,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "DriverNotInstalledError",
     "EmbeddedDatabaseError",
+    "ItemOutcome",
     "NoEventLoopError",
     "PoolTimeoutError",
     "SessionNestingError",
@@ -51,6 +53,7 @@ __all__ = [
     "get_async_db",
     "get_async_db_session",
     "get_database",
+    "run_each",
 ]
 
 __version__ = "0.1.0"
