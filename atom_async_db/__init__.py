@@ -9,6 +9,7 @@ the ``sync_compat`` package.
 
 from ._database import Database
 from ._default import configure, dispose, get_async_db, get_async_db_session, get_database
+from ._hooks import on_commit, savepoint
 from ._settings import EMBEDDED_DATABASE_FILENAME
 from ._workers import ItemOutcome, run_each
 from .exceptions import (
@@ -53,7 +54,9 @@ __all__ = [
     "get_async_db",
     "get_async_db_session",
     "get_database",
+    "on_commit",
     "run_each",
+    "savepoint",
 ]
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from ._engine import create_engine_for, create_sync_engine_for, open_memory_anchor
+from ._hooks import ASYNC_SESSION
 from ._loops import LoopEngines
 from ._session import (
     ActiveScope,
@@ -79,6 +80,7 @@ class Database:
             class_=SingleTaskAsyncSession,
             expire_on_commit=False,
             sync_session_class=TrackedSession,
+            info={ASYNC_SESSION: True},
         )
         self._active: ContextVar[ActiveScope | None] = ContextVar(
             "atom_async_db.active_scope", default=None

@@ -44,6 +44,8 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from ._cleanup import run_to_completion
 from ._guard import deliver_rearmed_cancellation
+from ._hooks import NESTED, TEST_ROOT, hand_over_hooks, run_ready_hooks
+from ._hooks import install as install_hooks
 from .exceptions import (
     ConcurrentSessionUseError,
     PoolTimeoutError,
@@ -59,7 +61,7 @@ logger = logging.getLogger("atom_async_db")
 _UNSAVED = "atom_async_db.unsaved"  # flushed (or joined-in) writes awaiting the real COMMIT
 _WROTE = "atom_async_db.wrote"  # the session flushed at least once in its life
 # Kept by nested sessions only (their life is one block), for the hand-over to the outer:
-_NESTED = "atom_async_db.nested"
+_NESTED = NESTED
 _CHANGED = "atom_async_db.changed"  # the objects it updated (strong references)
 _DELETED = "atom_async_db.deleted"  # the identity keys it deleted
 
@@ -70,10 +72,20 @@ COMMITTED_BEFORE_CANCEL_NOTE = (
 
 #: Keyword arguments that make a session a nested block's session.
 NESTED_SESSION = {"join_transaction_mode": "create_savepoint", "info": {_NESTED: True}}
+#: ... and a session that joins a test's rolled-back transaction directly: it stands for
+#: the real transaction (its commit is the test's logical commit, see ``_hooks``).
+TEST_ROOT_SESSION = {
+    "join_transaction_mode": "create_savepoint",
+    "info": {_NESTED: True, TEST_ROOT: True},
+}
 
 
 class TrackedSession(Session):
-    """The sync session behind every AsyncSession we create: records unsaved writes."""
+    """The sync session behind every AsyncSession we create: records unsaved writes and
+    keeps after-commit hooks (``_hooks``)."""
+
+
+install_hooks(TrackedSession)
 
 
 class SingleTaskAsyncSession(AsyncSession):
@@ -130,8 +142,14 @@ def _one_task_at_a_time(name: str) -> Callable[..., Any]:
             self._atom_user = None
             if self._atom_idle is not None:
                 self._atom_idle.set()
-        committed = name == "commit" and not self.sync_session.info.get(_NESTED)
-        await deliver_rearmed_cancellation(note=COMMITTED_BEFORE_CANCEL_NOTE if committed else None)
+        if name == "commit":
+            await run_ready_hooks(self)
+            committed = not self.sync_session.info.get(_NESTED)
+            await deliver_rearmed_cancellation(
+                note=COMMITTED_BEFORE_CANCEL_NOTE if committed else None
+            )
+        else:
+            await deliver_rearmed_cancellation()
         return result
 
     return guarded
@@ -164,6 +182,7 @@ def _hand_over_to_outer(inner: Session, outer: Session) -> None:
     outer would silently overwrite the inner change. The inner block's changed objects are
     held strongly (its identity map is weak: the inner code may have dropped them).
     """
+    hand_over_hooks(inner, outer)
     if not inner.info.get(_WROTE):
         return
     outer.info[_UNSAVED] = True
@@ -280,7 +299,7 @@ class SessionScope:
             self._outer = outer
         elif pinned is not None:
             self._turn = await _take_turn(pinned, database)
-            session = database._sessionmaker(bind=pinned.connection, **NESTED_SESSION)
+            session = database._sessionmaker(bind=pinned.connection, **TEST_ROOT_SESSION)
         else:
             if (
                 outer is not None
@@ -440,7 +459,7 @@ class SyncSessionScope:
             session = self._make_session(bind=outer.connection(), **NESTED_SESSION)
             self._outer = outer
         elif pinned_connection is not None:
-            session = self._make_session(bind=pinned_connection, **NESTED_SESSION)
+            session = self._make_session(bind=pinned_connection, **TEST_ROOT_SESSION)
         else:
             if (
                 outer is not None

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from ._database import Database
 from ._default import get_database
-from ._session import NESTED_SESSION, TestTransaction, TrackedSession
+from ._session import TEST_ROOT_SESSION, TestTransaction, TrackedSession
 
 if TYPE_CHECKING:
     import httpx
@@ -59,7 +59,7 @@ async def rollback_transaction(database: Database | None = None) -> AsyncIterato
     connection = await database.engine.connect()
     transaction = await connection.begin()
     database._test_transaction = TestTransaction(connection=connection)
-    session = database._sessionmaker(bind=connection, **NESTED_SESSION)
+    session = database._sessionmaker(bind=connection, **TEST_ROOT_SESSION)
     try:
         yield session
     finally:
@@ -101,7 +101,7 @@ def rollback_transaction_sync(
 
 
 def _sync_session_options() -> dict[str, Any]:
-    return {**NESTED_SESSION, "expire_on_commit": False}
+    return {**TEST_ROOT_SESSION, "expire_on_commit": False}
 
 
 @asynccontextmanager

@@ -1,0 +1,144 @@
+"""After-commit hooks and savepoints: work that must happen only once data is really saved
+(send the e-mail, enqueue the job), with Django's ``on_commit`` semantics.
+
+Hooks wait in the session's ``info``. A nested block's session hands them to the outer
+session when it succeeds, and drops them when it fails (see ``_session``). When a session
+that owns a real transaction commits, its hooks become ready. They run, in registration
+order, after the COMMIT: right after it for sync sessions, and when ``commit()`` returns
+for async ones (which is where async callbacks can be awaited). A rollback drops them, and
+so does a :func:`savepoint` block that fails.
+
+Inside a test's rolled-back transaction (``atom_async_db.testing``) the session that
+joined it directly stands for the real one: its hooks run when it commits (the test's
+logical commit), although nothing is saved for good.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
+
+__all__ = ["hand_over_hooks", "install", "on_commit", "run_ready_hooks", "savepoint"]
+
+logger = logging.getLogger("atom_async_db")
+
+PENDING = "atom_async_db.on_commit"  # registered, waiting for the real COMMIT
+_READY = "atom_async_db.on_commit.ready"  # committed, waiting to run
+# Set on sessions that do not own the real transaction: a nested block's session (its
+# hooks go to the outer session), unless it is a test transaction's root (TEST_ROOT).
+NESTED = "atom_async_db.nested"
+TEST_ROOT = "atom_async_db.test_root"
+ASYNC_SESSION = "atom_async_db.async"  # the sync session behind one of our AsyncSessions
+
+Callback = Callable[[], Awaitable[Any] | None]
+
+
+def on_commit(session: AsyncSession | Session, callback: Callback) -> None:
+    """Run ``callback()`` once the transaction ``session`` is part of really commits.
+
+    Callbacks run in the order they were registered, after the COMMIT, never before; a
+    rollback drops them, and so does a failing :func:`savepoint` block or nested session
+    block they were registered in. ``callback`` may be a coroutine function with async
+    sessions. A callback that raises is logged and the others still run: the commit
+    stands, so do not use it for work that must succeed together with the data::
+
+        async with get_async_db_session() as db:
+            db.add(Order(id=order_id))
+            on_commit(db, lambda: queue.enqueue("send_confirmation", order_id))
+        # the order row exists when the job starts
+
+    Inside a test transaction (the pytest plugin's fixtures) they run at the test's
+    logical commit: when the session that joined the test transaction commits.
+    """
+    if isinstance(session, Session) and inspect.iscoroutinefunction(callback):
+        raise TypeError(
+            "an async callback needs an AsyncSession to be awaited after the commit; "
+            "register it on the AsyncSession, or pass a sync callable"
+        )
+    session.info.setdefault(PENDING, []).append(callback)
+
+
+@asynccontextmanager
+async def savepoint(session: AsyncSession) -> AsyncIterator[AsyncSession]:
+    """A block that rolls back on its own when it raises, and lets the exception propagate.
+
+    A SAVEPOINT inside the session's transaction (PostgreSQL and SQLite): what the block
+    did is undone and the session's earlier work stays, ready to commit. After-commit
+    hooks registered inside the block are dropped with it::
+
+        async with get_async_db_session() as db:
+            db.add(Order(id=1))
+            try:
+                async with savepoint(db):
+                    db.add(Coupon(code="DUPLICATE"))
+            except IntegrityError:
+                pass  # the order is still added; the coupon is not
+    """
+    hooks = session.info.setdefault(PENDING, [])
+    mark = len(hooks)
+    try:
+        async with session.begin_nested():
+            yield session
+    except BaseException:
+        del hooks[mark:]
+        raise
+
+
+def _owns_real_transaction(session: Session) -> bool:
+    info = session.info
+    return not info.get(NESTED) or bool(info.get(TEST_ROOT))
+
+
+def hand_over_hooks(inner: Session, outer: Session) -> None:
+    """A nested block succeeded: its hooks now wait for the outer block's commit."""
+    hooks = inner.info.pop(PENDING, None)
+    if hooks:
+        outer.info.setdefault(PENDING, []).extend(hooks)
+
+
+async def run_ready_hooks(session: AsyncSession) -> None:
+    """Run the hooks the last commit made ready (called when ``commit()`` returns)."""
+    hooks = session.info.pop(_READY, None)
+    for callback in hooks or ():
+        try:
+            result = callback()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("an after-commit callback failed (the commit stands)")
+
+
+def _run_sync_hooks(hooks: list[Callback]) -> None:
+    for callback in hooks:
+        try:
+            callback()
+        except Exception:
+            logger.exception("an after-commit callback failed (the commit stands)")
+
+
+def install(session_class: type[Session]) -> None:
+    """Track hooks on the sessions of ``session_class`` (the core's ``TrackedSession``)."""
+
+    @event.listens_for(session_class, "after_commit")
+    def _committed(session: Session) -> None:
+        if not _owns_real_transaction(session):
+            return  # a nested block: its hooks wait for the outer one
+        hooks = session.info.pop(PENDING, None)
+        if not hooks:
+            return
+        if session.info.get(ASYNC_SESSION):
+            session.info.setdefault(_READY, []).extend(hooks)  # awaited by commit()
+        else:
+            _run_sync_hooks(hooks)
+
+    @event.listens_for(session_class, "after_transaction_end")
+    def _ended(session: Session, transaction: SessionTransaction) -> None:
+        if transaction.parent is None and _owns_real_transaction(session):
+            session.info.pop(PENDING, None)  # not committed: rolled back or closed
