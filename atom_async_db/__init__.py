@@ -8,7 +8,14 @@ the ``sync_compat`` package.
 """
 
 from ._database import Database
-from ._default import configure, dispose, get_async_db, get_async_db_session, get_database
+from ._default import (
+    configure,
+    dispose,
+    get_async_db,
+    get_async_db_session,
+    get_async_db_transaction,
+    get_database,
+)
 from ._hooks import on_commit, savepoint
 from ._settings import EMBEDDED_DATABASE_FILENAME
 from ._workers import ItemOutcome, run_each
@@ -53,6 +60,7 @@ __all__ = [
     "dispose",
     "get_async_db",
     "get_async_db_session",
+    "get_async_db_transaction",
     "get_database",
     "on_commit",
     "run_each",

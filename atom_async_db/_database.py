@@ -150,6 +150,15 @@ class Database:
         async with SessionScope(self, commit=False) as session:
             yield session
 
+    async def get_async_db_transaction(self) -> AsyncIterator[AsyncSession]:
+        """FastAPI dependency: a request-scoped session that commits when the route returns.
+
+        Same as :func:`atom_async_db.get_async_db_transaction`, on this database; declare
+        it with ``Depends(..., scope="function")``.
+        """
+        async with SessionScope(self, commit=True) as session:
+            yield session
+
     async def dispose(self) -> None:
         """Close the pooled connections of the running loop's engine and of the sync engine.
 

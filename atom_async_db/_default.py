@@ -13,7 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ._database import Database
 from ._session import SessionScope
 
-__all__ = ["configure", "dispose", "get_async_db", "get_async_db_session", "get_database"]
+__all__ = [
+    "configure",
+    "dispose",
+    "get_async_db",
+    "get_async_db_session",
+    "get_async_db_transaction",
+    "get_database",
+]
 
 _default: Database | None = None
 _lock = threading.Lock()
@@ -104,6 +111,32 @@ async def get_async_db() -> AsyncIterator[AsyncSession]:
     makes it join the test's rolled-back transaction; no override is needed.
     """
     async with SessionScope(get_database(), commit=False) as session:
+        yield session
+
+
+async def get_async_db_transaction() -> AsyncIterator[AsyncSession]:
+    """FastAPI dependency: a request-scoped session whose transaction commits when the route
+    returns and rolls back when it raises (``HTTPException`` and exceptions a handler maps
+    to a response included).
+
+    Declare it with ``scope="function"`` (FastAPI 0.121 and later), so that the commit
+    happens after the route returns but **before the response is sent**: a commit that
+    fails (a deferred foreign key, a serialization failure) becomes an error response,
+    never a 2xx for data that was not saved. ``atom_async_db.fastapi.AsyncTransaction``
+    is that declaration::
+
+        from atom_async_db.fastapi import AsyncTransaction
+
+        @app.post("/orders", status_code=201)
+        async def create_order(data: OrderIn, db: AsyncTransaction):
+            db.add(Order(**data.model_dump()))
+            # no commit here: it happens when the route returns, before the response
+
+    Without ``scope="function"``, FastAPI 0.118+ runs the commit after the response was
+    sent. Streaming bodies and ``BackgroundTasks`` run after the session ended: open
+    ``get_async_db_session()`` inside them.
+    """
+    async with SessionScope(get_database(), commit=True) as session:
         yield session
 
 

@@ -10,6 +10,10 @@ Importing this module imports FastAPI; the rest of atom_async_db never does::
     @app.get("/users/{user_id}")
     async def get_user(user_id: int, db: AsyncDB):
         return await db.get(User, user_id)
+
+    @app.post("/users", status_code=201)
+    async def create_user(data: UserIn, db: AsyncTransaction):
+        db.add(User(**data.model_dump()))  # committed before the 201 is sent
 """
 
 from __future__ import annotations
@@ -21,12 +25,18 @@ from typing import Annotated, Any
 from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ._default import dispose, get_async_db
+from ._default import dispose, get_async_db, get_async_db_transaction
 
-__all__ = ["AsyncDB", "lifespan"]
+__all__ = ["AsyncDB", "AsyncTransaction", "lifespan"]
 
 AsyncDB = Annotated[AsyncSession, Depends(get_async_db)]
-"""A route parameter annotated ``db: AsyncDB`` receives the request's session."""
+"""A route parameter annotated ``db: AsyncDB`` receives the request's session (the route
+commits, as with the seed's ``get_db``)."""
+
+AsyncTransaction = Annotated[AsyncSession, Depends(get_async_db_transaction, scope="function")]
+"""A route parameter annotated ``db: AsyncTransaction`` receives a session whose
+transaction commits when the route returns, before the response is sent, and rolls back
+when it raises (see :func:`atom_async_db.get_async_db_transaction`)."""
 
 
 @asynccontextmanager

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +174,31 @@ async def make_default(
 async def db(make_default: Callable[..., Awaitable[Database]]) -> Database:
     """The default database on the test's backend (default options), with fresh tables."""
     return await make_default()
+
+
+# --------------------------------------------------------------------------- a real server
+
+
+@asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[str]:
+    """Serve ``app`` with uvicorn on a loopback port; yields its base URL."""
+    import uvicorn
+
+    # A socket already listening: clients may connect at once (the backlog holds them
+    # until uvicorn accepts).
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(256)
+    config = uvicorn.Config(app, lifespan="off", log_level="critical")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await serving
+        sock.close()
+
 
 
 # --------------------------------------------------------------------------- subprocesses

@@ -5,21 +5,19 @@ and requests that end in 404, 500 or 422, leak no connection and cost none.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy import event, text
 
 from atom_async_db import Database, get_async_db_session
 from atom_async_db.fastapi import AsyncDB
-from tests.conftest import assert_no_leaks
+from tests.conftest import assert_no_leaks, serve
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres", "sqlite_file"], indirect=True)
 
@@ -101,24 +99,6 @@ def build_app(db: Database, tracker: Tracker, *, middleware: bool) -> FastAPI:
         return StreamingResponse(chunks())
 
     return app
-
-
-@asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    # A socket already listening: clients may connect at once (the backlog holds them
-    # until uvicorn accepts).
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(256)
-    config = uvicorn.Config(app, lifespan="off", log_level="critical")
-    server = uvicorn.Server(config)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await serving
-        sock.close()
 
 
 @asynccontextmanager
