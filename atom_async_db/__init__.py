@@ -34,6 +34,7 @@ from .exceptions import (
     SyncSessionContextError,
     SyncSessionOnEventLoopError,
     SyncSessionOnEventLoopWarning,
+    TestIsolationError,
     UncommittedChangesWarning,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "SyncSessionContextError",
     "SyncSessionOnEventLoopError",
     "SyncSessionOnEventLoopWarning",
+    "TestIsolationError",
     "UncommittedChangesWarning",
     "configure",
     "dispose",

@@ -50,6 +50,7 @@ from .exceptions import (
     ConcurrentSessionUseError,
     PoolTimeoutError,
     SessionNestingError,
+    TestIsolationError,
     UncommittedChangesWarning,
 )
 
@@ -240,6 +241,7 @@ class TestTransaction:
     connection: AsyncConnection | None = None
     sync_connection: Connection | None = None
     turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    sync_turn: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,11 @@ class SessionScope:
             outer = active.session
         pinned = database._test_transaction
         if pinned is not None and pinned.connection is None:
-            pinned = None  # a sync test's transaction: async code uses the real database
+            raise TestIsolationError(
+                "an async session was opened during a sync test's rolled-back transaction "
+                "(the db_session fixture); async code cannot join it and would write to the "
+                "test database for real. Test async code with async_db_session."
+            )
         if outer is not None and (not self._independent or pinned is not None):
             # The inner block must see what the outer one has done so far. (Inside a test
             # transaction, independent blocks join too: nothing there is really committed.)
@@ -424,6 +430,7 @@ class SyncSessionScope:
         "_outer",
         "_session",
         "_token",
+        "_turn",
     )
 
     def __init__(
@@ -441,6 +448,7 @@ class SyncSessionScope:
         self._outer: Session | None = None
         self._session: Session | None = None
         self._token: Token[ActiveScope | None] | None = None
+        self._turn: threading.Lock | None = None
 
     def __enter__(self) -> Session:
         if self._session is not None:
@@ -454,11 +462,26 @@ class SyncSessionScope:
             outer = active.session
         pinned = self._database._test_transaction
         pinned_connection = pinned.sync_connection if pinned is not None else None
+        if pinned is not None and pinned_connection is None:
+            raise TestIsolationError(
+                "a legacy sync session was opened in a worker thread (a `def` route, "
+                "asyncio.to_thread) during an async test's rolled-back transaction "
+                "(async_db_session); it cannot join it and would write to the test database "
+                "for real. Call that code through sync_compat.run_legacy, or test it with "
+                "the db_session fixture."
+            )
         if outer is not None and (not self._independent or pinned_connection is not None):
             outer.flush()  # the inner block must see what the outer one has done so far
             session = self._make_session(bind=outer.connection(), **NESTED_SESSION)
             self._outer = outer
-        elif pinned_connection is not None:
+        elif pinned is not None and pinned_connection is not None:
+            # Threads take turns on the test's one connection, as tasks do on the async one.
+            if not pinned.sync_turn.acquire(timeout=self._database.settings.pool_timeout):
+                raise PoolTimeoutError(
+                    "inside a test transaction every session shares the test's one "
+                    "connection, and another thread's session held it for pool_timeout"
+                )
+            self._turn = pinned.sync_turn
             session = self._make_session(bind=pinned_connection, **TEST_ROOT_SESSION)
         else:
             if (
@@ -483,6 +506,13 @@ class SyncSessionScope:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        try:
+            self._exit(exc)
+        finally:
+            if self._turn is not None:
+                self._turn.release()
+
+    def _exit(self, exc: BaseException | None) -> None:
         session, token = self._session, self._token
         assert session is not None
         assert token is not None

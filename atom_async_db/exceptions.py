@@ -23,6 +23,7 @@ __all__ = [
     "PoolTimeoutError",
     "SessionNestingError",
     "SyncSessionContextError",
+    "TestIsolationError",
     "SyncSessionOnEventLoopError",
     "SyncSessionOnEventLoopWarning",
     "UncommittedChangesWarning",
@@ -108,6 +109,19 @@ class SyncSessionContextError(AtomDBError, RuntimeError):
     """A legacy sync session whose transaction began inside ``sync_compat.run_legacy`` (on
     the async pool) was used outside it. Finish the transaction where it began: commit,
     roll back or close the session inside the legacy function."""
+
+
+class TestIsolationError(AtomDBError, RuntimeError):
+    """A session opened during a test's rolled-back transaction cannot join it, and would
+    have written to the test database for real.
+
+    Async code cannot join a sync test's transaction (``db_session``), and legacy code in
+    worker threads cannot join an async test's (``async_db_session``): each needs its own
+    kind of connection. Test async code with ``async_db_session``, and legacy code with
+    ``db_session`` or through ``run_legacy``.
+    """
+
+    __test__ = False  # not a test class, whatever pytest's naming rules say
 
 
 class SyncSessionOnEventLoopError(AtomDBError, RuntimeError):

@@ -29,9 +29,14 @@ from ._default import dispose, get_async_db, get_async_db_transaction
 
 __all__ = ["AsyncDB", "AsyncTransaction", "lifespan"]
 
-AsyncDB = Annotated[AsyncSession, Depends(get_async_db)]
+AsyncDB = Annotated[AsyncSession, Depends(get_async_db, scope="function")]
 """A route parameter annotated ``db: AsyncDB`` receives the request's session (the route
-commits, as with the seed's ``get_db``)."""
+commits, as with the seed's ``get_db``). It ends when the route returns, before the
+response is sent, so background tasks and streaming bodies, which run later in the same
+task, open sessions of their own instead of joining one that is about to be rolled back.
+(``Depends(get_async_db)`` without ``scope="function"`` keeps it open until after the
+response: a ``get_async_db_session()`` in a background task would then join it, and its
+work would be rolled back with it.)"""
 
 AsyncTransaction = Annotated[AsyncSession, Depends(get_async_db_transaction, scope="function")]
 """A route parameter annotated ``db: AsyncTransaction`` receives a session whose

@@ -74,6 +74,17 @@ def atom_db_metadata() -> MetaData | Sequence[MetaData] | None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def _atom_database_for_every_test(
+    request: pytest.FixtureRequest, atom_db_metadata: MetaData | Sequence[MetaData] | None
+) -> None:
+    """Once a project declares its tables (``atom_db_metadata``), every test runs against
+    the test database, including tests that take no session fixture: none of them may
+    write to the database of ``DATABASE_URL`` or ``./atom.db``."""
+    if atom_db_metadata is not None:
+        request.getfixturevalue("atom_database")
+
+
 @pytest.fixture(scope="session")
 def atom_database(
     request: pytest.FixtureRequest,
@@ -105,6 +116,28 @@ def atom_database(
             dropper()
 
 
+def _drop_abandoned(connection: Any) -> None:
+    """Drop throwaway databases left by test runs of this machine that were killed before
+    their cleanup (SIGKILL, SIGTERM): their process no longer exists."""
+    names = connection.scalars(
+        text("select datname from pg_database where datname like 'atom\\_test\\_%'")
+    ).all()
+    for name in names:
+        pid = name.split("_")[2]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            connection.execute(text(f'drop database if exists "{name}" with (force)'))
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _as_list(metadata: MetaData | Sequence[MetaData] | None) -> list[MetaData]:
     if metadata is None:
         return []
@@ -122,6 +155,7 @@ def _create_throwaway_database(url: str) -> tuple[str, Any]:
     name = f"atom_test_{os.getpid()}_{secrets.token_hex(4)}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
+        _drop_abandoned(connection)
         connection.execute(text(f'create database "{name}"'))
 
     def drop() -> None:

@@ -54,8 +54,7 @@ async def rollback_transaction(database: Database | None = None) -> AsyncIterato
     transaction (see the module docstring), so the yielded session sees their writes.
     """
     database = database or get_database()
-    if database._test_transaction is not None:
-        raise RuntimeError("a test transaction is already open on this database")
+    _refuse_a_second(database)
     connection = await database.engine.connect()
     transaction = await connection.begin()
     database._test_transaction = TestTransaction(connection=connection)
@@ -82,8 +81,7 @@ def rollback_transaction_sync(
     ``sync_compat.SessionLocal``); it receives ``bind=`` and ``join_transaction_mode=``.
     """
     database = database or get_database()
-    if database._test_transaction is not None:
-        raise RuntimeError("a test transaction is already open on this database")
+    _refuse_a_second(database)
     connection = database.sync_engine.connect()
     transaction = connection.begin()
     database._test_transaction = TestTransaction(sync_connection=connection)
@@ -98,6 +96,14 @@ def rollback_transaction_sync(
             transaction.rollback()
         finally:
             connection.close()
+
+
+def _refuse_a_second(database: Database) -> None:
+    if database._test_transaction is not None:
+        raise RuntimeError(
+            "a test transaction is already open on this database: a test takes either "
+            "async_db_session (async code) or db_session (sync legacy code), not both"
+        )
 
 
 def _sync_session_options() -> dict[str, Any]:

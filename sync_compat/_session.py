@@ -37,6 +37,7 @@ from atom_async_db import (
     SyncSessionContextError,
     SyncSessionOnEventLoopError,
     SyncSessionOnEventLoopWarning,
+    TestIsolationError,
 )
 from atom_async_db._engine import create_sync_engine_for
 from atom_async_db._session import TrackedSession
@@ -125,9 +126,16 @@ class LegacySession(TrackedSession):
             connection = (
                 async_connection.sync_connection if async_connection else pinned.sync_connection
             )
-            if connection is not None:
-                self.join_transaction_mode = "create_savepoint"
-                return connection
+            if connection is None:
+                raise TestIsolationError(
+                    "a legacy sync session ran outside run_legacy (a worker thread or the "
+                    "loop's thread) during an async test's rolled-back transaction "
+                    "(async_db_session); it cannot join it and would write to the test "
+                    "database for real. Call that code through sync_compat.run_legacy, or "
+                    "test it with the db_session fixture."
+                )
+            self.join_transaction_mode = "create_savepoint"
+            return connection
         if where is _Where.LOOP:
             _on_loop_thread(database)
         engine = self._atom_engine

@@ -200,7 +200,6 @@ async def serve(app: Any) -> AsyncIterator[str]:
         sock.close()
 
 
-
 # --------------------------------------------------------------------------- subprocesses
 
 

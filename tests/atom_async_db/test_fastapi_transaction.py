@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -15,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import text
 
 from atom_async_db import Database, get_async_db_session
-from atom_async_db.fastapi import AsyncTransaction
+from atom_async_db.fastapi import AsyncDB, AsyncTransaction
 from tests.conftest import assert_no_leaks, serve
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres", "sqlite_file"], indirect=True)
@@ -81,6 +80,17 @@ def build_app() -> FastAPI:
         tasks.add_task(add)
         return {"id": pid}
 
+    @app.post("/later-after-a-route-session/{pid}", status_code=202)
+    async def later_after(pid: int, db: AsyncDB, tasks: BackgroundTasks) -> dict[str, int]:
+        await db.execute(text("select 1"))
+
+        async def add() -> None:  # must not join the route's session, which has ended
+            async with get_async_db_session() as own:
+                await own.execute(text("insert into tx_parents values (:pid)"), {"pid": pid})
+
+        tasks.add_task(add)
+        return {"id": pid}
+
     @app.get("/stream")
     async def stream() -> StreamingResponse:
         async def rows() -> AsyncIterator[bytes]:
@@ -130,8 +140,10 @@ async def test_background_tasks_and_streams_use_sessions_of_their_own(db: Databa
     async with serve(build_app()) as url, httpx.AsyncClient(base_url=url) as http:
         assert (await http.post("/later/7")).status_code == 202
         assert (await http.post("/parents/8")).status_code == 201
+        assert (await http.post("/later-after-a-route-session/9")).status_code == 202
+        body = await asyncio.wait_for(_stream_until(http, "9"), timeout=10)
         body = await asyncio.wait_for(_stream_until(http, "7"), timeout=10)
-    assert body.split() == ["7", "8"]
+    assert body.split() == ["7", "8", "9"]
     await assert_no_leaks(db)
 
 
@@ -142,6 +154,3 @@ async def _stream_until(http: httpx.AsyncClient, pid: str) -> str:
         if pid in body.split():
             return body
         await asyncio.sleep(0.01)
-
-
-def _unused(_: Any) -> None: ...

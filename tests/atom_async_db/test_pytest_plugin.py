@@ -191,3 +191,21 @@ async def test_b_sees_it(async_db_session):
     )
     result = project.runpytest_subprocess(*plugin_args, "test_leak.py")
     result.assert_outcomes(passed=1, failed=1)
+
+
+def test_tests_without_a_session_fixture_still_use_the_test_database(
+    project: pytest.Pytester, plugin_args: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    project.makepyfile(
+        test_plain="""
+from app import add_item
+
+
+async def test_forgot_the_fixture():
+    await add_item("no fixture")
+"""
+    )
+    result = project.runpytest_subprocess(*plugin_args, "test_plain.py")
+    result.assert_outcomes(passed=1)
+    assert not (project.path / "atom.db").exists()  # never the embedded default

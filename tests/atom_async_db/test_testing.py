@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from atom_async_db import Database, PoolTimeoutError
+from atom_async_db import Database, PoolTimeoutError, TestIsolationError
 from atom_async_db.testing import rollback_transaction, rollback_transaction_sync
 from sync_compat import SessionLocal, get_db_session, run_legacy
 from tests.conftest import assert_no_leaks
@@ -84,6 +84,45 @@ async def test_the_sync_test_transaction_is_joined_by_threads(db: Database) -> N
             return int(session.scalar(select(func.count(User.id))) or 0)
 
     assert await asyncio.to_thread(sync_test) == 2
+    async with db.get_async_db_session() as session:
+        assert await count_users(session) == 0
+    await assert_no_leaks(db)
+
+
+@pytest.mark.parametrize("backend", ["sqlite_file", "postgres"], indirect=True)
+async def test_concurrent_threads_take_turns_in_a_sync_test(db: Database) -> None:
+    def sync_test() -> int:
+        with rollback_transaction_sync(db, session_factory=SessionLocal) as session:
+            threads = [
+                threading.Thread(target=add_user_legacy, args=(f"t{i}@example.com",))
+                for i in range(8)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return int(session.scalar(select(func.count(User.id))) or 0)
+
+    assert await asyncio.to_thread(sync_test) == 8
+    await assert_no_leaks(db)
+
+
+async def test_code_that_cannot_join_fails_loudly_instead_of_writing(db: Database) -> None:
+    async with rollback_transaction(db):
+        # legacy code in a worker thread during an async test
+        with pytest.raises(TestIsolationError, match="run_legacy"):
+            await asyncio.to_thread(add_user_legacy, "thread@example.com")
+
+    def sync_test() -> None:
+        with rollback_transaction_sync(db, session_factory=SessionLocal):
+            asyncio.run(async_code())  # async code during a sync test
+
+    async def async_code() -> None:
+        async with db.get_async_db_session() as session:
+            session.add(User(email="async@example.com"))
+
+    with pytest.raises(TestIsolationError, match="async_db_session"):
+        await asyncio.to_thread(sync_test)
     async with db.get_async_db_session() as session:
         assert await count_users(session) == 0
     await assert_no_leaks(db)
