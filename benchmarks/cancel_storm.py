@@ -257,7 +257,8 @@ async def run_storm(
             landed = "finished" if task.done() else phases.of.get(task, "finished")
             report.landed[landed] += 1
             cancelled_in[i] = landed
-            cancel_holder[0]()
+            if landed != "finished":  # too late: the unit of work is over
+                cancel_holder[0]()
 
         if target == "waiting":
             loop.call_later(rng.uniform(0, 0.05), cancel_now)
