@@ -17,6 +17,7 @@ from ._default import (
     get_database,
 )
 from ._hooks import on_commit, savepoint
+from ._retry import is_conflict, retry_on_conflict
 from ._settings import EMBEDDED_DATABASE_FILENAME
 from ._workers import ItemOutcome, run_each
 from .exceptions import (
@@ -64,7 +65,9 @@ __all__ = [
     "get_async_db_session",
     "get_async_db_transaction",
     "get_database",
+    "is_conflict",
     "on_commit",
+    "retry_on_conflict",
     "run_each",
     "savepoint",
 ]
