@@ -15,6 +15,7 @@ from ._default import (
     get_async_db_session,
     get_async_db_transaction,
     get_database,
+    transaction_dependency,
 )
 from ._hooks import on_commit, savepoint
 from ._retry import is_conflict, retry_on_conflict
@@ -70,6 +71,7 @@ __all__ = [
     "retry_on_conflict",
     "run_each",
     "savepoint",
+    "transaction_dependency",
 ]
 
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from ._engine import create_engine_for, create_sync_engine_for, open_memory_anchor
 from ._hooks import ASYNC_SESSION
 from ._loops import LoopEngines
+from ._options import SessionOptions
 from ._session import (
     ActiveScope,
     SessionScope,
@@ -134,13 +135,26 @@ class Database:
         return engine
 
     def get_async_db_session(
-        self, *, independent: bool = False
+        self,
+        *,
+        independent: bool = False,
+        isolation_level: str | None = None,
+        read_only: bool = False,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
     ) -> AbstractAsyncContextManager[AsyncSession]:
         """A session that commits on success, rolls back on error and is always closed.
 
         Same as :func:`atom_async_db.get_async_db_session`, on this database.
         """
-        return SessionScope(self, commit=True, independent=independent)
+        options = SessionOptions.of(
+            self.settings.dialect,
+            isolation_level=isolation_level,
+            read_only=read_only,
+            statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout,
+        )
+        return SessionScope(self, commit=True, independent=independent, options=options)
 
     async def get_async_db(self) -> AsyncIterator[AsyncSession]:
         """FastAPI dependency: a request-scoped session that never commits on its own.

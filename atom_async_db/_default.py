@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -20,6 +20,7 @@ __all__ = [
     "get_async_db_session",
     "get_async_db_transaction",
     "get_database",
+    "transaction_dependency",
 ]
 
 _default: Database | None = None
@@ -67,7 +68,14 @@ def get_database() -> Database:
     return database
 
 
-def get_async_db_session(*, independent: bool = False) -> AbstractAsyncContextManager[AsyncSession]:
+def get_async_db_session(
+    *,
+    independent: bool = False,
+    isolation_level: str | None = None,
+    read_only: bool = False,
+    statement_timeout: float | None = None,
+    lock_timeout: float | None = None,
+) -> AbstractAsyncContextManager[AsyncSession]:
     """Open a session for services, workers and scripts: ``async with`` it.
 
     Commits when the block exits cleanly, rolls back when it raises (the exception
@@ -84,8 +92,23 @@ def get_async_db_session(*, independent: bool = False) -> AbstractAsyncContextMa
     joins that session's transaction through a SAVEPOINT (no second connection); its
     work is committed by the outermost block. ``independent=True`` takes a connection
     of its own and commits on its own instead.
+
+    Options of this unit of work, set on its own transaction and gone when its connection
+    returns to the pool (PostgreSQL; on SQLite, whose transactions here are always
+    serializable, only ``isolation_level="SERIALIZABLE"`` is accepted):
+    ``isolation_level`` (``"SERIALIZABLE"``, ``"REPEATABLE READ"``, ...), ``read_only``,
+    ``statement_timeout`` and ``lock_timeout`` (seconds)::
+
+        async with get_async_db_session(isolation_level="SERIALIZABLE") as db:
+            ...
     """
-    return get_database().get_async_db_session(independent=independent)
+    return get_database().get_async_db_session(
+        independent=independent,
+        isolation_level=isolation_level,
+        read_only=read_only,
+        statement_timeout=statement_timeout,
+        lock_timeout=lock_timeout,
+    )
 
 
 async def get_async_db() -> AsyncIterator[AsyncSession]:
@@ -138,6 +161,35 @@ async def get_async_db_transaction() -> AsyncIterator[AsyncSession]:
     """
     async with SessionScope(get_database(), commit=True) as session:
         yield session
+
+
+def transaction_dependency(
+    *,
+    isolation_level: str | None = None,
+    read_only: bool = False,
+    statement_timeout: float | None = None,
+    lock_timeout: float | None = None,
+) -> Callable[[], AsyncIterator[AsyncSession]]:
+    """A :func:`get_async_db_transaction` with options for its transaction (see
+    :func:`get_async_db_session`); declare it with ``scope="function"``::
+
+        ReportDB = Annotated[
+            AsyncSession,
+            Depends(transaction_dependency(read_only=True, statement_timeout=5), scope="function"),
+        ]
+    """
+    options = {
+        "isolation_level": isolation_level,
+        "read_only": read_only,
+        "statement_timeout": statement_timeout,
+        "lock_timeout": lock_timeout,
+    }
+
+    async def transaction_with_options() -> AsyncIterator[AsyncSession]:
+        async with get_async_db_session(**options) as session:  # type: ignore[arg-type]
+            yield session
+
+    return transaction_with_options
 
 
 async def dispose() -> None:

@@ -46,6 +46,7 @@ from ._cleanup import run_to_completion
 from ._guard import deliver_rearmed_cancellation
 from ._hooks import NESTED, TEST_ROOT, hand_over_hooks, run_ready_hooks
 from ._hooks import install as install_hooks
+from ._options import SessionOptions
 from .exceptions import (
     ConcurrentSessionUseError,
     PoolTimeoutError,
@@ -267,12 +268,29 @@ def _restore(variable: ContextVar[ActiveScope | None], token: Token[ActiveScope 
 class SessionScope:
     """Async context manager yielding an ``AsyncSession``; see the module docstring."""
 
-    __slots__ = ("_commit", "_database", "_independent", "_outer", "_session", "_token", "_turn")
+    __slots__ = (
+        "_commit",
+        "_database",
+        "_independent",
+        "_options",
+        "_outer",
+        "_session",
+        "_token",
+        "_turn",
+    )
 
-    def __init__(self, database: Database, *, commit: bool, independent: bool = False) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        commit: bool,
+        independent: bool = False,
+        options: SessionOptions | None = None,
+    ) -> None:
         self._database = database
         self._commit = commit
         self._independent = independent
+        self._options = options
         self._outer: AsyncSession | None = None
         self._session: AsyncSession | None = None
         self._token: Token[ActiveScope | None] | None = None
@@ -297,6 +315,12 @@ class SessionScope:
                 "test database for real. Test async code with async_db_session."
             )
         if outer is not None and (not self._independent or pinned is not None):
+            if self._options and pinned is None:
+                raise SessionNestingError(
+                    "session options (isolation level, read-only, timeouts) apply to a "
+                    "transaction of its own, and this block would join its task's outer "
+                    "transaction: set them on the outer session, or pass independent=True"
+                )
             # The inner block must see what the outer one has done so far. (Inside a test
             # transaction, independent blocks join too: nothing there is really committed.)
             await outer.flush()
@@ -321,6 +345,13 @@ class SessionScope:
             session = database._sessionmaker(bind=database.engine)
         self._session = session
         self._token = database._active.set(ActiveScope(task, session))
+        # Inside a test transaction the options cannot apply (it has begun long ago).
+        if self._options and self._outer is None and self._turn is None:
+            try:
+                await self._options.apply(session)
+            except BaseException as error:
+                await self.__aexit__(type(error), error, error.__traceback__)
+                raise
         return session
 
     async def __aexit__(

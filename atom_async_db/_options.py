@@ -1,0 +1,98 @@
+"""Per-session options: what a unit of work sets for its own transaction (isolation level,
+read-only, statement and lock timeouts), applied on its connection and gone when the
+connection returns to the pool."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import text
+
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from ._settings import Dialect
+
+__all__ = ["SessionOptions"]
+
+ISOLATION_LEVELS = ("SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED")
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Validated options of one session; empty means "the database's defaults"."""
+
+    isolation_level: str | None = None
+    read_only: bool = False
+    statement_timeout: float | None = None
+    lock_timeout: float | None = None
+
+    @classmethod
+    def of(
+        cls,
+        dialect: Dialect,
+        *,
+        isolation_level: str | None = None,
+        read_only: bool = False,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
+    ) -> SessionOptions:
+        if isolation_level is not None:
+            isolation_level = isolation_level.upper().replace("_", " ")
+            if isolation_level not in ISOLATION_LEVELS:
+                raise ConfigurationError(
+                    f"isolation_level must be one of {', '.join(ISOLATION_LEVELS)}, "
+                    f"got {isolation_level!r}"
+                )
+        for name, value in (
+            ("statement_timeout", statement_timeout),
+            ("lock_timeout", lock_timeout),
+        ):
+            if value is not None and (isinstance(value, bool) or not value > 0):
+                raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if dialect == "sqlite":
+            # SQLite runs one transaction at a time (BEGIN IMMEDIATE): it is serializable.
+            if isolation_level not in (None, "SERIALIZABLE"):
+                raise ConfigurationError(
+                    f"SQLite transactions here are always SERIALIZABLE; {isolation_level} "
+                    "is a PostgreSQL setting"
+                )
+            unsupported = [
+                name
+                for name, value in (
+                    ("read_only", read_only),
+                    ("statement_timeout", statement_timeout),
+                    ("lock_timeout", lock_timeout),
+                )
+                if value
+            ]
+            if unsupported:
+                raise ConfigurationError(
+                    f"{', '.join(unsupported)}: PostgreSQL settings, not available on SQLite"
+                )
+            isolation_level = None
+        return cls(isolation_level, read_only, statement_timeout, lock_timeout)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.isolation_level or self.read_only or self.statement_timeout or self.lock_timeout
+        )
+
+    async def apply(self, session: AsyncSession) -> None:
+        """Set the options on the session's connection and transaction (first thing)."""
+        execution_options: dict[str, object] = {}
+        if self.isolation_level:
+            execution_options["isolation_level"] = self.isolation_level
+        if self.read_only:
+            execution_options["postgresql_readonly"] = True
+        await session.connection(execution_options=execution_options or None)
+        # SET LOCAL: the transaction's own, reverted at its end.
+        if self.statement_timeout:
+            ms = int(self.statement_timeout * 1000)
+            await session.execute(text(f"SET LOCAL statement_timeout = {ms}"))
+        if self.lock_timeout:
+            ms = int(self.lock_timeout * 1000)
+            await session.execute(text(f"SET LOCAL lock_timeout = {ms}"))
