@@ -16,6 +16,9 @@ Fixtures:
   ``SessionLocal``-style session, joined by ``get_db``, ``get_db_session()`` and
   ``SessionLocal()`` in any thread.
 
+Once a project overrides ``atom_db_metadata``, every test uses ``atom_database``, also tests
+that take no session fixture: none may write to ``DATABASE_URL``'s database.
+
 Options (command line, else environment):
 
 - ``--atom-db-url`` / ``ATOM_TEST_DATABASE_URL``: the database URL; default a SQLite file

@@ -19,11 +19,12 @@ helpers in fixtures; use them directly elsewhere::
             assert response.status_code == 201
             assert await db.scalar(select(func.count(User.id))) == 1
 
-Inside the test transaction, sessions of different tasks take turns on the test's one
-connection, and ``independent=True`` sessions join it too. Legacy code in worker threads
-(``def`` routes, ``asyncio.to_thread``) joins :func:`rollback_transaction_sync`'s
-transaction in sync tests. In async tests it uses the real database and sees only
-committed data.
+Inside the test transaction, sessions of different tasks (or threads) take turns on the
+test's one connection, and ``independent=True`` sessions join it too. Each kind of code
+joins only its own kind of test transaction: legacy code in worker threads (``def``
+routes, ``asyncio.to_thread``) joins :func:`rollback_transaction_sync`'s, async code joins
+:func:`rollback_transaction`'s. Crossing raises :class:`TestIsolationError` rather than
+writing to the test database for real.
 """
 
 from __future__ import annotations
