@@ -178,15 +178,14 @@ def transaction_dependency(
             Depends(transaction_dependency(read_only=True, statement_timeout=5), scope="function"),
         ]
     """
-    options = {
-        "isolation_level": isolation_level,
-        "read_only": read_only,
-        "statement_timeout": statement_timeout,
-        "lock_timeout": lock_timeout,
-    }
 
     async def transaction_with_options() -> AsyncIterator[AsyncSession]:
-        async with get_async_db_session(**options) as session:  # type: ignore[arg-type]
+        async with get_async_db_session(
+            isolation_level=isolation_level,
+            read_only=read_only,
+            statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout,
+        ) as session:
             yield session
 
     return transaction_with_options

@@ -145,30 +145,43 @@ class LoopEngines:
         self._entries = {}
 
 
-async def _wait_until_idle(engine: AsyncEngine, patience: float) -> bool:
-    """Wait up to ``patience`` seconds for the sessions holding connections of ``engine``
-    to end; True once none is checked out."""
+def _when_idle(engine: AsyncEngine, on_idle: Callable[[], None]) -> Callable[[], bool]:
+    """Call ``on_idle`` once, when the last connection checked out of ``engine``'s pool is
+    back in it; returns a function that stops waiting (True if it was still waiting)."""
     pool: Any = engine.sync_engine.pool  # a QueuePool: it counts what is checked out
-    if pool.checkedout() == 0:
-        return True
     loop = asyncio.get_running_loop()
-    idle = asyncio.Event()
 
     def returned(*_: Any) -> None:
         loop.call_soon(check)  # once the connection is back in the pool
 
     def check() -> None:
-        if pool.checkedout() == 0:
-            idle.set()
+        if pool.checkedout() == 0 and stop():
+            on_idle()
+
+    def stop() -> bool:
+        if not event.contains(pool, "checkin", returned):
+            return False
+        event.remove(pool, "checkin", returned)
+        return True
 
     event.listen(pool, "checkin", returned)
+    return stop
+
+
+async def _wait_until_idle(engine: AsyncEngine, patience: float) -> bool:
+    """Wait up to ``patience`` seconds for the sessions holding connections of ``engine``
+    to end; True once none is checked out."""
+    if engine.sync_engine.pool.checkedout() == 0:  # type: ignore[attr-defined]
+        return True
+    idle = asyncio.Event()
+    stop = _when_idle(engine, idle.set)
     try:
         async with asyncio.timeout(patience):
             await idle.wait()
     except TimeoutError:
         return False
     finally:
-        event.remove(pool, "checkin", returned)
+        stop()
     return True
 
 
@@ -178,24 +191,17 @@ def _dispose_when_idle(engine: AsyncEngine) -> None:
     Disposing earlier would strand those connections: they would return to a discarded
     pool and be dropped unclosed.
     """
-    pool: Any = engine.sync_engine.pool
-    loop = asyncio.get_running_loop()
     logger.warning(
         "dispose: %d sessions still hold connections; the engine is closed when they end",
-        pool.checkedout(),
+        engine.sync_engine.pool.checkedout(),  # type: ignore[attr-defined]
     )
 
-    def returned(*_: Any) -> None:
-        loop.call_soon(check)
+    def dispose() -> None:
+        task = asyncio.get_running_loop().create_task(engine.dispose())
+        _LATE_DISPOSALS.add(task)
+        task.add_done_callback(_LATE_DISPOSALS.discard)
 
-    def check() -> None:
-        if pool.checkedout() == 0 and event.contains(pool, "checkin", returned):
-            event.remove(pool, "checkin", returned)
-            task = loop.create_task(engine.dispose())
-            _LATE_DISPOSALS.add(task)
-            task.add_done_callback(_LATE_DISPOSALS.discard)
-
-    event.listen(pool, "checkin", returned)
+    _when_idle(engine, dispose)
 
 
 _LATE_DISPOSALS: set[asyncio.Task[None]] = set()

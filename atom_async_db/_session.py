@@ -402,13 +402,18 @@ async def _take_turn(pinned: TestTransaction, database: Database) -> asyncio.Loc
         async with asyncio.timeout(limit):
             await pinned.turn.acquire()
     except TimeoutError:
-        raise PoolTimeoutError(
-            f"inside a test transaction every session shares the test's one connection, and "
-            f"another task's session held it for pool_timeout={limit:g} s; a task that "
-            "waits for another task while holding a session deadlocks here (end the "
-            "session before waiting)"
-        ) from None
+        raise _turn_timeout("task", limit) from None
     return pinned.turn
+
+
+def _turn_timeout(holder: str, limit: float) -> PoolTimeoutError:
+    """No turn on a test transaction's one connection within ``pool_timeout``."""
+    return PoolTimeoutError(
+        f"inside a test transaction every session shares the test's one connection, and "
+        f"another {holder}'s session held it for pool_timeout={limit:g} s; a {holder} that "
+        f"waits for another {holder} while holding a session deadlocks here (end the "
+        "session before waiting)"
+    )
 
 
 def _is_graceful(exc: BaseException) -> bool:
@@ -507,11 +512,9 @@ class SyncSessionScope:
             self._outer = outer
         elif pinned is not None and pinned_connection is not None:
             # Threads take turns on the test's one connection, as tasks do on the async one.
-            if not pinned.sync_turn.acquire(timeout=self._database.settings.pool_timeout):
-                raise PoolTimeoutError(
-                    "inside a test transaction every session shares the test's one "
-                    "connection, and another thread's session held it for pool_timeout"
-                )
+            limit = self._database.settings.pool_timeout
+            if not pinned.sync_turn.acquire(timeout=limit):
+                raise _turn_timeout("thread", limit)
             self._turn = pinned.sync_turn
             session = self._make_session(bind=pinned_connection, **TEST_ROOT_SESSION)
         else:

@@ -176,6 +176,62 @@ async def db(make_default: Callable[..., Awaitable[Database]]) -> Database:
     return await make_default()
 
 
+@dataclass
+class HeldSession:
+    """A session that a task of its own keeps open (see :func:`hold_a_session`)."""
+
+    task: asyncio.Task[Any]
+    release: asyncio.Event
+
+    async def end(self) -> Any:
+        """Let the session end; the task's result (``then``'s value)."""
+        self.release.set()
+        return await self.task
+
+
+async def hold_a_session(
+    database: Database, statement: str = "select 1", *, then: str | None = None
+) -> HeldSession:
+    """Start a task whose session runs ``statement`` and then keeps its connection (and
+    on SQLite, after a write, the write lock) until released; return once it holds it.
+    After the release the session runs ``then`` (if given) and ends."""
+    from sqlalchemy import text
+
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def hold() -> Any:
+        async with database.get_async_db_session() as session:
+            await session.execute(text(statement))
+            holding.set()
+            await release.wait()
+            return await session.scalar(text(then)) if then else None
+
+    task = asyncio.create_task(hold())
+    held = asyncio.create_task(holding.wait())
+    await asyncio.wait({task, held}, return_when=asyncio.FIRST_COMPLETED)
+    if not held.done():  # the session failed before holding anything: say why
+        held.cancel()
+        task.result()
+    return HeldSession(task, release)
+
+
+async def create_slow_commit_table(database: Database, table: str, seconds: float) -> None:
+    """(PostgreSQL) ``table`` (id int), whose COMMIT after an insert takes ``seconds``: a
+    deferred constraint trigger sleeps at commit time, so a COMMIT can be caught in flight."""
+    from sqlalchemy import text
+
+    async with database.engine.begin() as connection:
+        for statement in (
+            f"drop table if exists {table}",
+            f"create table {table} (id int primary key)",
+            f"create or replace function {table}_sleep() returns trigger language plpgsql "
+            f"as $$ begin perform pg_sleep({seconds}); return null; end $$",
+            f"create constraint trigger {table}_sleep after insert on {table} "
+            f"deferrable initially deferred for each row execute function {table}_sleep()",
+        ):
+            await connection.execute(text(statement))
+
+
 # --------------------------------------------------------------------------- a real server
 
 

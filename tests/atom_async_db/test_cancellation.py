@@ -10,6 +10,7 @@ import asyncio
 import gc
 import threading
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -19,7 +20,7 @@ from atom_async_db import ConcurrentSessionUseError, Database
 from atom_async_db._guard import COMMIT_ABANDONED_NOTE, CONNECTION_LOST_NOTE
 from atom_async_db._session import COMMITTED_BEFORE_CANCEL_NOTE
 from benchmarks.cancel_storm import MECHANISMS, PHASES, StormReport, run_storm
-from tests.conftest import APP_NAME, assert_no_leaks
+from tests.conftest import APP_NAME, assert_no_leaks, create_slow_commit_table
 
 SLOW = {
     "postgresql": "select pg_sleep(0.1)",
@@ -69,22 +70,6 @@ async def test_the_storm_catches_a_session_that_only_closes_in_finally(postgres_
     # the naive version; the same storm shows what it costs, so the checks above can fail.
     report = await run_storm(postgres_url, stack="plain", tasks=200, seed=5)
     assert report.discarded > 0 and report.connects > 0
-
-
-async def test_a_long_statement_is_cancelled_on_the_server_after_the_grace(
-    postgres_url: str,
-) -> None:
-    database = Database(postgres_url, application_name=APP_NAME, pool_size=1, cancel_grace=0.1)
-    started = asyncio.get_running_loop().time()
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.1), database.get_async_db_session() as session:
-            await session.execute(text("select pg_sleep(30)"))
-    # timeout + grace + the server's cancel, not the statement's 30 s
-    assert asyncio.get_running_loop().time() - started < 5
-    async with database.get_async_db_session() as session:
-        assert await session.scalar(text("select 1")) == 1
-    await assert_no_leaks(database)
-    await database.dispose()
 
 
 async def test_a_commit_that_finished_is_reported_on_the_cancellation(
@@ -171,34 +156,37 @@ async def test_gathered_operations_on_one_session_leak_nothing(db: Database) -> 
         assert await session.scalar(text("select 1")) == 1
 
 
-async def test_a_long_sqlite_statement_is_interrupted_after_the_grace(tmp_path: Path) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'long.db'}", cancel_grace=0.1)
-    endless = "with recursive c(x) as (select 1 union all select x + 1 from c) select max(x) from c"
+# A statement still running after the grace is stopped: cancelled on the PostgreSQL server
+# (that connection is discarded), interrupted in SQLite (the connection is kept). Each
+# bound is timeout + grace + the stop, not the statement's own run time.
+ENDLESS = {
+    "postgresql": ("select pg_sleep(30)", 5),
+    "sqlite": (
+        "with recursive c(x) as (select 1 union all select x + 1 from c) select max(x) from c",
+        3,
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite_file"], indirect=True)
+async def test_a_long_statement_is_stopped_after_the_grace(make_default: Any) -> None:
+    database = await make_default(pool_size=1, cancel_grace=0.1)
+    statement, bound = ENDLESS[database.settings.dialect]
     started = asyncio.get_running_loop().time()
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.1), database.get_async_db_session() as session:
-            await session.execute(text(endless))
-    assert asyncio.get_running_loop().time() - started < 3  # not the statement's forever
+            await session.execute(text(statement))
+    assert asyncio.get_running_loop().time() - started < bound
     async with database.get_async_db_session() as session:
         assert await session.scalar(text("select 1")) == 1
     await assert_no_leaks(database)
-    await database.dispose()
 
 
 async def test_a_commit_stopped_after_the_grace_says_its_outcome_is_unknown(
     postgres_url: str,
 ) -> None:
     database = Database(postgres_url, application_name=APP_NAME, pool_size=1, cancel_grace=0.1)
-    async with database.engine.begin() as connection:
-        for statement in (
-            "drop table if exists slow_commit",
-            "create table slow_commit (id int primary key)",
-            "create or replace function slow_commit_sleep() returns trigger language plpgsql "
-            "as $$ begin perform pg_sleep(2); return null; end $$",
-            "create constraint trigger slow_commit_sleep after insert on slow_commit "
-            "deferrable initially deferred for each row execute function slow_commit_sleep()",
-        ):
-            await connection.execute(text(statement))
+    await create_slow_commit_table(database, "slow_commit", seconds=2)
     task = asyncio.current_task()
     assert task is not None
     with pytest.raises(asyncio.CancelledError) as raised:

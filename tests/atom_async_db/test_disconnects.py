@@ -119,9 +119,14 @@ async def discarded_connections(db: Database) -> AsyncIterator[list[int]]:
             event.remove(pool, name, closed)
 
 
-async def abort_when_inside(client: httpx.AsyncClient, path: str, inside: asyncio.Event) -> None:
+async def abort_when_inside(
+    client: httpx.AsyncClient, tracker: Tracker, route: str, key: str
+) -> None:
+    """GET ``/{route}/{key}`` and drop the connection once the server is inside it."""
+    inside = tracker.inside.setdefault(key, asyncio.Event())
+
     async def read() -> None:
-        async with client.stream("GET", path) as response:
+        async with client.stream("GET", f"/{route}/{key}") as response:
             async for _ in response.aiter_bytes():
                 pass
 
@@ -148,14 +153,8 @@ async def test_clients_aborting_mid_request_leak_nothing(
     async with serve(app) as url, httpx.AsyncClient(base_url=url, limits=limits) as client:
         await all_ok(client, 5)
         async with discarded_connections(db) as discarded:
-            keys = [f"r{i}" for i in range(40)]
             await asyncio.gather(
-                *(
-                    abort_when_inside(
-                        client, f"/slow/{k}", tracker.inside.setdefault(k, asyncio.Event())
-                    )
-                    for k in keys
-                )
+                *(abort_when_inside(client, tracker, "slow", f"r{i}") for i in range(40))
             )
             await tracker.idle.wait()  # the server finished with every aborted request
             await all_ok(client, 100)
@@ -172,14 +171,8 @@ async def test_clients_leaving_a_stream_cancel_it_and_leak_nothing(
     async with serve(app) as url, httpx.AsyncClient(base_url=url) as client:
         await all_ok(client, 5)
         async with discarded_connections(db) as discarded:
-            keys = [f"s{i}" for i in range(20)]
             await asyncio.gather(
-                *(
-                    abort_when_inside(
-                        client, f"/stream/{k}", tracker.inside.setdefault(k, asyncio.Event())
-                    )
-                    for k in keys
-                )
+                *(abort_when_inside(client, tracker, "stream", f"s{i}") for i in range(20))
             )
             await tracker.idle.wait()  # every stream was cancelled (50 chunks would take 10 s)
             await all_ok(client, 100)
@@ -201,12 +194,7 @@ async def test_error_paths_on_a_pool_of_two_leak_nothing(
         work = [expect("/missing", 404) for _ in range(25)]
         work += [expect("/crash", 500) for _ in range(25)]
         work += [expect("/validated?n=abc", 422) for _ in range(25)]
-        work += [
-            abort_when_inside(
-                client, f"/slow/e{i}", tracker.inside.setdefault(f"e{i}", asyncio.Event())
-            )
-            for i in range(25)
-        ]
+        work += [abort_when_inside(client, tracker, "slow", f"e{i}") for i in range(25)]
         await asyncio.gather(*work)
         await tracker.idle.wait()
         await all_ok(client, 100)

@@ -15,7 +15,13 @@ from atom_async_db import (
     Database,
     PoolTimeoutError,
 )
-from tests.conftest import APP_NAME, assert_no_leaks, asyncpg_dsn
+from tests.conftest import (
+    APP_NAME,
+    assert_no_leaks,
+    asyncpg_dsn,
+    create_slow_commit_table,
+    hold_a_session,
+)
 
 
 async def terminate_our_backends(url: str) -> int:
@@ -83,16 +89,7 @@ async def _select_one(database: Database) -> int:
 
 async def test_connection_lost_during_commit_is_an_unknown_outcome(postgres_url: str) -> None:
     database = Database(postgres_url, application_name=APP_NAME, pool_size=1, max_overflow=0)
-    async with database.engine.begin() as connection:
-        for statement in (
-            "drop table if exists commit_probe",
-            "create table commit_probe (id int primary key)",
-            "create or replace function commit_probe_slow() returns trigger language plpgsql "
-            "as $$ begin perform pg_sleep(5); return null; end $$",
-            "create constraint trigger commit_probe_slow after insert on commit_probe "
-            "deferrable initially deferred for each row execute function commit_probe_slow()",
-        ):
-            await connection.execute(text(statement))
+    await create_slow_commit_table(database, "commit_probe", seconds=5)
 
     committing = asyncio.Event()
 
@@ -139,21 +136,11 @@ async def test_exhausted_pool_names_its_size_and_the_settings(backend_url: str) 
     database = Database(
         backend_url, application_name=APP_NAME, pool_size=1, max_overflow=0, pool_timeout=0.2
     )
-    holding, release = asyncio.Event(), asyncio.Event()
-
-    async def hold() -> None:
-        async with database.get_async_db_session() as holder:
-            await holder.execute(text("select 1"))
-            holding.set()
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
-    await holding.wait()
+    holder = await hold_a_session(database)
     with pytest.raises(PoolTimeoutError) as raised:
         async with database.get_async_db_session() as second:
             await second.execute(text("select 1"))
-    release.set()
-    await holder
+    await holder.end()
     message = str(raised.value)
     assert isinstance(raised.value, exc.TimeoutError)
     for fact in ("pool_timeout=0.2", "checked out: 1", "pool_size=1",

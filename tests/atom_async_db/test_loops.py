@@ -8,11 +8,11 @@ import threading
 from collections.abc import Awaitable, Callable
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 import atom_async_db
 from atom_async_db import Database, NoEventLoopError, get_async_db_session
-from tests.conftest import APP_NAME, our_backends, reset_schema, run_python
+from tests.conftest import APP_NAME, hold_a_session, our_backends, reset_schema, run_python
 from tests.models import User
 
 MakeDefault = Callable[..., Awaitable[Database]]
@@ -183,22 +183,12 @@ async def test_dispose_closes_the_pool_and_the_next_use_reopens(db: Database, ba
 
 
 async def test_dispose_waits_for_open_sessions_to_end(db: Database) -> None:
-    holding, release = asyncio.Event(), asyncio.Event()
-
-    async def hold() -> None:
-        async with db.get_async_db_session() as session:
-            await session.execute(text("select 1"))
-            holding.set()
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
-    await holding.wait()
+    holder = await hold_a_session(db)
     disposing = asyncio.create_task(db.dispose())
     # Without waiting for the session, dispose would be done long before this bound.
     done, _ = await asyncio.wait({disposing}, timeout=0.5)
     assert not done
-    release.set()
-    await holder
+    await holder.end()
     await disposing
     gc.collect()  # an unclosed connection would warn here (warnings are errors)
 
@@ -207,18 +197,7 @@ async def test_a_session_outliving_dispose_closes_its_connection_when_it_ends(
     make_default: MakeDefault,
 ) -> None:
     db = await make_default(cleanup_timeout=0.2)
-    holding, release = asyncio.Event(), asyncio.Event()
-
-    async def hold() -> int:
-        async with db.get_async_db_session() as session:
-            await session.execute(text("select 1"))
-            holding.set()
-            await release.wait()
-            return int(await session.scalar(text("select 2")))  # still works
-
-    holder = asyncio.create_task(hold())
-    await holding.wait()
+    holder = await hold_a_session(db, then="select 2")
     await db.dispose()  # gives up waiting after cleanup_timeout
-    release.set()
-    assert await holder == 2
+    assert await holder.end() == 2  # the session still works
     gc.collect()

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import exc, text
 
 from atom_async_db import Database, retry_on_conflict
-from tests.conftest import assert_no_leaks
+from tests.conftest import assert_no_leaks, hold_a_session
 
 POSTGRES = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
@@ -113,27 +113,19 @@ async def test_sqlite_busy_lock_is_retried(
 ) -> None:
     db = await make_default(pool_size=2, sqlite_busy_timeout=0.05)
     await make_counters(db)
-    holding, release = asyncio.Event(), asyncio.Event()
+    holder = await hold_a_session(db, "update retry_counters set value = 1 where id = 1")
     attempts = 0
-
-    async def hold_the_write_lock() -> None:
-        async with db.get_async_db_session() as session:
-            await session.execute(text("update retry_counters set value = 1 where id = 1"))
-            holding.set()
-            await release.wait()
 
     @retry_on_conflict(attempts=50, deadline=30, max_delay=0.05)
     async def write() -> None:
         nonlocal attempts
         attempts += 1
         if attempts == 2:
-            release.set()  # the holder finishes while we back off
+            holder.release.set()  # the holder finishes while we back off
         async with db.get_async_db_session() as session:
             await session.execute(text("update retry_counters set value = 5 where id = 2"))
 
-    holder = asyncio.create_task(hold_the_write_lock())
-    await holding.wait()
     await write()
-    await holder
+    await holder.end()
     assert attempts >= 2  # the first attempt met the lock
     await assert_no_leaks(db)
