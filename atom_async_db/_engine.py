@@ -15,14 +15,16 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import create_engine, event, exc
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
+from sqlalchemy.pool import Pool
 
 from ._guard import guarded_connector, install_cancellation_rules
+from ._ping import install_checkout_ping
+from ._pool import FairAsyncPool, FairPool
 from ._settings import ASYNCPG_SECONDS, Settings
-from .exceptions import DriverNotInstalledError, PoolTimeoutError
+from .exceptions import DriverNotInstalledError
 
 logger = logging.getLogger("atom_async_db")
 
@@ -49,32 +51,8 @@ MEMORY_CONCURRENCY_NOTE = (
 )
 
 
-class _ExplainedTimeouts(Pool):
-    """A pool whose timeout error says how full it is and what to change."""
-
-    _settings_names = ("pool_size", "max_overflow", "pool_timeout")
-
-    def _do_get(self) -> Any:
-        try:
-            return super()._do_get()
-        except exc.TimeoutError as error:
-            size, overflow, timeout = self._settings_names
-            pool: Any = self
-            raise PoolTimeoutError(
-                f"no database connection became free within {timeout}={pool._timeout:g} s: "
-                f"all the pool may open are checked out (checked out: {pool.checkedout()}, "
-                f"{size}={pool.size()}, {overflow}={pool._max_overflow}). Release sessions "
-                f"sooner (a session holds its connection until its block ends), or raise "
-                f"{size}, {overflow} or {timeout}."
-            ) from error
-
-
-class _AsyncPool(_ExplainedTimeouts, AsyncAdaptedQueuePool):
-    pass
-
-
-class _SyncPool(_ExplainedTimeouts, QueuePool):
-    _settings_names = ("sync_pool_size", "sync_max_overflow", "pool_timeout")
+class _SyncPool(FairPool):
+    settings_names = ("sync_pool_size", "sync_max_overflow", "pool_timeout")
 
 
 def create_engine_for(settings: Settings) -> AsyncEngine:
@@ -86,7 +64,7 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
         "pool_recycle": settings.pool_recycle,
         "pool_pre_ping": settings.pool_pre_ping,
         "echo": settings.echo,
-        "poolclass": _AsyncPool,
+        "poolclass": FairAsyncPool,
     }
     url = settings.url
     connect_args = dict(settings.engine_options.get("connect_args", {}))
@@ -123,12 +101,11 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
         )
     options["connect_args"] = connect_args
     merged = {**settings.engine_options, **options}
-    # On PostgreSQL the ping is ours (see install_cancellation_rules), not SQLAlchemy's.
-    ping_on_checkout = settings.dialect == "postgresql" and merged["pool_pre_ping"]
-    if ping_on_checkout:
-        merged["pool_pre_ping"] = False
+    ping = merged.pop("pool_pre_ping")  # ours, not SQLAlchemy's (see _ping)
     engine = create_async_engine(url, **merged)
-    install_cancellation_rules(engine.sync_engine, ping_on_checkout=ping_on_checkout)
+    install_cancellation_rules(engine.sync_engine)
+    if ping:
+        install_checkout_ping(engine.sync_engine)
     if settings.dialect == "sqlite":
         apply_sqlite_rules(engine.sync_engine, settings)
     return engine

@@ -31,14 +31,14 @@ import contextlib
 import functools
 import inspect
 import logging
+import types
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import anyio
-from sqlalchemy import event, exc
+from sqlalchemy import event
 from sqlalchemy.engine import Engine, ExceptionContext
-from sqlalchemy.util import await_
 
 from .exceptions import CommitOutcomeUnknownError, DatabaseUnavailableError
 
@@ -120,25 +120,61 @@ class ConnectionGuard:
         # The cancellation was withdrawn meanwhile.
         return await (self.run(call) if rollback is None else self.commit(call))
 
-    async def run(self, awaitable: Awaitable[Any]) -> Any:
-        inner = asyncio.ensure_future(awaitable)
-        try:
-            result = await asyncio.shield(inner)
-        except asyncio.CancelledError as cancel:
-            if inner.done() and inner.cancelled():
-                raise  # the call itself was cancelled (by the loop shutting down, say)
-            await self._settle(inner)
-            if self.tainted:
-                if inner.done() and not inner.cancelled():
-                    inner.exception()  # the interrupted statement's error: not the news
-                raise
-            self._rearm(cancel)
-            result = inner.result()  # raises the call's own error, if any
-        return _guarded(result, self)
+    def run(self, awaitable: Awaitable[Any]) -> Awaitable[Any]:
+        """Await ``awaitable`` (a driver call) so that a cancellation of the caller lets it
+        finish within the grace; see the module docstring."""
+        return self._drive(awaitable)
 
-    async def _settle(self, inner: asyncio.Future[Any]) -> None:
-        """Wait up to ``grace`` for ``inner``, then stop it and wait for it to wind down,
-        whatever cancellations arrive meanwhile.
+    @types.coroutine
+    def _drive(self, awaitable: Awaitable[Any]) -> Generator[Any, None, Any]:
+        # The call runs in the caller's task, but the task never waits on the driver's own
+        # future: a cancellation would cancel that future, and asyncpg would abandon the
+        # statement. The task waits on a proxy, which a cancellation may cancel instead; this
+        # costs one future and one callback per wait, where a task of its own per call
+        # (asyncio.shield) cost several times that.
+        steps = awaitable.__await__()
+        try:
+            pending = steps.send(None)
+            while True:
+                if pending is None:  # a bare yield (asyncio.sleep(0)): nothing to protect
+                    try:
+                        yield
+                    except asyncio.CancelledError as cancel:
+                        return (yield from self._settle_call(steps, None, cancel))
+                else:
+                    proxy = pending.get_loop().create_future()
+                    wake = functools.partial(_resolve, proxy)
+                    pending.add_done_callback(wake)
+                    try:
+                        yield from proxy
+                    except asyncio.CancelledError as cancel:
+                        pending.remove_done_callback(wake)
+                        return (yield from self._settle_call(steps, pending, cancel))
+                pending = steps.send(None)
+        except StopIteration as done:
+            return _guarded(done.value, self)
+
+    def _settle_call(
+        self, steps: Generator[Any, None, Any], pending: Any, cancel: asyncio.CancelledError
+    ) -> Generator[Any, None, Any]:
+        """The caller was cancelled while the call waited for ``pending``: finish the call
+        (see :meth:`settle`), then either re-arm the cancellation and hand back the call's
+        outcome, or, when the call had to be stopped midway, raise the cancellation."""
+        finished, value, error = yield from self.settle(steps, pending)
+        if self.tainted or not finished:
+            raise cancel
+        self._rearm(cancel)
+        if error is not None:
+            raise error  # the call's own error
+        return _guarded(value, self)
+
+    @types.coroutine
+    def settle(
+        self, steps: Generator[Any, None, Any], pending: Any
+    ) -> Generator[Any, None, tuple[bool, Any, BaseException | None]]:
+        """Drive the rest of a call (``steps``, waiting for ``pending``) whatever
+        cancellations arrive: up to ``grace`` seconds, then stopped, and given a few more
+        seconds to wind down. Returns (finished, result, error).
 
         aiosqlite: the statement is interrupted and ends with an error, leaving the
         connection consistent. asyncpg: the call is cancelled (asyncpg cancels the
@@ -146,26 +182,32 @@ class ConnectionGuard:
         not wind down either way (a SQLite busy wait ignores interrupts) taints it too.
         """
         loop = asyncio.get_running_loop()
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):  # noqa: ASYNC100 (it waits: `yield from`)
             for limit, stop_first in ((self.grace, False), (_SETTLE_TIMEOUT, True)):
-                if inner.done():
-                    break
                 if stop_first:
                     if self.interrupt is not None:
-                        await self.interrupt()
+                        yield from _ignoring_cancellation(self.interrupt())
                     else:
                         self.tainted = True
-                        inner.cancel()
+                        if pending is not None:
+                            pending.cancel()
                 give_up_at = loop.time() + limit
-                while not inner.done() and (remaining := give_up_at - loop.time()) > 0:
-                    # (a cancellation delivered again meanwhile is the same one: anyio does)
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.wait((inner,), timeout=remaining)
-            if not inner.done():
-                self.tainted = True
-                inner.cancel()
-        if inner.done() and not inner.cancelled():
-            inner.exception()  # retrieved here, so asyncio does not log it as lost
+                while pending is None or pending.done() or loop.time() < give_up_at:
+                    if pending is not None and not pending.done():
+                        yield from _wait(pending, give_up_at - loop.time())
+                        continue
+                    try:
+                        pending = steps.send(None)
+                    except StopIteration as done:
+                        return True, done.value, None
+                    except BaseException as error:  # the call's own error (or cancellation)
+                        return True, None, error
+                    if pending is None:
+                        yield from _wait(None, 0)
+        self.tainted = True
+        with contextlib.suppress(RuntimeError):
+            steps.close()
+        return False, None, None
 
     @staticmethod
     def _rearm(cancel: asyncio.CancelledError) -> None:
@@ -178,6 +220,43 @@ class ConnectionGuard:
         task.uncancel()
         task.cancel(cancel.args[0] if cancel.args else None)
         _REARMED.add(task)
+
+
+def _resolve(waiter: asyncio.Future[Any], _: object = None) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+@types.coroutine
+def _wait(pending: asyncio.Future[Any] | None, timeout: float) -> Generator[Any, None, None]:
+    """Wait until ``pending`` is done (None: one turn of the loop) or ``timeout`` passed;
+    a cancellation meanwhile is the one being settled (anyio delivers it again)."""
+    if pending is None:
+        with contextlib.suppress(asyncio.CancelledError):
+            yield
+        return
+    waiter = pending.get_loop().create_future()
+    wake = functools.partial(_resolve, waiter)
+    timer = waiter.get_loop().call_later(timeout, wake)
+    pending.add_done_callback(wake)
+    try:
+        yield from waiter
+    except asyncio.CancelledError:
+        pass
+    finally:
+        timer.cancel()
+        pending.remove_done_callback(wake)
+
+
+def _ignoring_cancellation(awaitable: Awaitable[Any]) -> Generator[Any, None, None]:
+    """Await ``awaitable`` (for up to ``_SETTLE_TIMEOUT``) through the cancellations that
+    are being settled."""
+    task = asyncio.ensure_future(awaitable)
+    give_up_at = task.get_loop().time() + _SETTLE_TIMEOUT
+    while not task.done() and (remaining := give_up_at - task.get_loop().time()) > 0:
+        yield from _wait(task, remaining)
+    if task.done() and not task.cancelled():
+        task.exception()
 
 
 # Tasks whose cancellation a guard re-armed and that has not landed yet.
@@ -388,7 +467,9 @@ def guarded_connector(
             connection = await asyncio.shield(opening)
         except asyncio.CancelledError:
             # Let the handshake finish rather than drop a half-open socket, then close.
-            await ConnectionGuard(grace, None)._settle(opening)
+            if not opening.done():
+                steps = opening.__await__()
+                await ConnectionGuard(grace, None).settle(steps, steps.send(None))
             if opening.done() and not opening.cancelled() and opening.exception() is None:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_SETTLE_TIMEOUT):
                     await opening.result().close()
@@ -425,42 +506,13 @@ async def _connect(connect: Callable[..., Any], args: Any, kwargs: Any, server: 
         ) from error
 
 
-def install_cancellation_rules(engine: Engine, *, ping_on_checkout: bool) -> None:
+def install_cancellation_rules(engine: Engine) -> None:
     """Make ``engine`` (an async engine's ``sync_engine``) keep connections that a
     cancellation interrupted unless their guard says their state is unknown.
 
     SQLAlchemy treats every ``CancelledError`` during a statement as a disconnect and
     discards the connection; with guarded driver calls it is known to be at rest.
-
-    ``ping_on_checkout`` (PostgreSQL, in place of SQLAlchemy's ``pool_pre_ping``): test a
-    pooled connection before handing it out, with one simple-protocol query (one
-    round trip, no prepared statement, so PgBouncer-safe) instead of SQLAlchemy's BEGIN,
-    query and ROLLBACK. SQLAlchemy discards a connection on any exception in its own ping
-    or in a checkout hook, a cancellation included; this ping lets a cancelled task keep
-    the connection (the cancellation then lands on the session's first statement).
     """
-    if ping_on_checkout:
-
-        @event.listens_for(engine, "connect")
-        def _fresh(_dbapi_connection: Any, record: Any) -> None:
-            record.info["atom_fresh"] = True
-
-        @event.listens_for(engine, "checkout")
-        def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-            if record.info.pop("atom_fresh", False):
-                return
-            driver = dbapi_connection.driver_connection
-            guard = guard_of(driver)
-            try:
-                if guard is None:
-                    dbapi_connection.ping()
-                else:
-                    await_(guard.run(driver._atom_target.execute("SELECT 1")))
-            except Exception as error:
-                logger.info("a pooled connection failed its ping (%r); reconnecting", error)
-                disconnect = exc.DisconnectionError(f"the connection failed its ping: {error!r}")
-                disconnect.invalidate_pool = True  # the server likely dropped them all
-                raise disconnect from error
 
     @event.listens_for(engine, "handle_error")
     def _keep_connections_at_rest(context: ExceptionContext) -> BaseException | None:

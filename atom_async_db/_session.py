@@ -47,6 +47,7 @@ from ._guard import deliver_rearmed_cancellation
 from ._hooks import NESTED, TEST_ROOT, hand_over_hooks, run_ready_hooks
 from ._hooks import install as install_hooks
 from ._options import SessionOptions
+from ._ping import BEGIN_ON_CHECKOUT
 from .exceptions import (
     ConcurrentSessionUseError,
     PoolTimeoutError,
@@ -207,6 +208,12 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
         session.info[_UNSAVED] = False
 
 
+def _at_rest(session: AsyncSession) -> bool:
+    """No transaction, so no connection, and no other task in one of its methods."""
+    user = getattr(session, "_atom_user", None)
+    return session.sync_session.get_transaction() is None and (user is None or user.done())
+
+
 def _holds_connection(session: AsyncSession) -> bool:
     transaction = session.sync_session.get_transaction()
     return bool(transaction is not None and transaction._connections)
@@ -257,18 +264,19 @@ class ActiveScope:
     session: AsyncSession | Session
 
 
-def _restore(variable: ContextVar[ActiveScope | None], token: Token[ActiveScope | None]) -> None:
+def _restore(variable: ContextVar[Any], token: Token[Any], default: Any = None) -> None:
     try:
         variable.reset(token)
     except ValueError:  # exited in another context than entered (a framework's choice)
         previous = token.old_value
-        variable.set(None if previous is Token.MISSING else previous)
+        variable.set(default if previous is Token.MISSING else previous)
 
 
 class SessionScope:
     """Async context manager yielding an ``AsyncSession``; see the module docstring."""
 
     __slots__ = (
+        "_begin_token",
         "_commit",
         "_database",
         "_independent",
@@ -294,6 +302,7 @@ class SessionScope:
         self._outer: AsyncSession | None = None
         self._session: AsyncSession | None = None
         self._token: Token[ActiveScope | None] | None = None
+        self._begin_token: Token[bool] | None = None
         self._turn: asyncio.Lock | None = None
 
     async def __aenter__(self) -> AsyncSession:
@@ -343,6 +352,9 @@ class SessionScope:
                     "or drop independent=True to join the outer transaction."
                 )
             session = database._sessionmaker(bind=database.engine)
+            # Its transaction may begin at checkout, as the connection's ping (see _ping);
+            # options are set on the connection before the transaction begins.
+            self._begin_token = BEGIN_ON_CHECKOUT.set(not self._options)
         self._session = session
         self._token = database._active.set(ActiveScope(task, session))
         # Inside a test transaction the options cannot apply (it has begun long ago).
@@ -371,6 +383,8 @@ class SessionScope:
         assert session is not None
         assert token is not None
         _restore(self._database._active, token)
+        if self._begin_token is not None:
+            _restore(BEGIN_ON_CHECKOUT, self._begin_token, False)
         if exc is not None:
             await self._release(session, graceful=_is_graceful(exc))
             return
@@ -392,6 +406,11 @@ class SessionScope:
             raise
 
     async def _release(self, session: AsyncSession, *, graceful: bool) -> None:
+        if graceful and _at_rest(session):
+            # Committed (or never used): closing does no I/O, so no cancellation can cut
+            # it short, and the shielded cleanup task would be pure overhead.
+            session.sync_session.close()
+            return
         limit = self._database.settings.cleanup_timeout
         await run_to_completion(_release(session, graceful, limit), deadline=2 * limit + 1)
 

@@ -28,7 +28,7 @@ import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
-from sqlalchemy.pool import NullPool, QueuePool
+from sqlalchemy.pool import NullPool
 from sqlalchemy.util.concurrency import in_greenlet
 
 import atom_async_db
@@ -40,6 +40,7 @@ from atom_async_db import (
     TestIsolationError,
 )
 from atom_async_db._engine import create_sync_engine_for
+from atom_async_db._pool import FairPool
 from atom_async_db._session import TrackedSession
 from atom_async_db._settings import mask_url
 
@@ -177,12 +178,7 @@ def _engine_for(database: Database, where: _Where) -> Engine:
 
 def _exhausted(engine: Engine) -> bool:
     pool = engine.pool
-    return (
-        isinstance(pool, QueuePool)
-        and pool._max_overflow != -1  # -1: no limit
-        and pool.checkedin() == 0
-        and pool.overflow() >= pool._max_overflow
-    )
+    return isinstance(pool, FairPool) and pool.exhausted()
 
 
 def _outside_pool_engine(database: Database) -> Engine:
