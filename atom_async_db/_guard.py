@@ -46,6 +46,7 @@ logger = logging.getLogger("atom_async_db")
 
 __all__ = [
     "ConnectionGuard",
+    "cancellation_rearmed",
     "deliver_rearmed_cancellation",
     "guarded_connector",
     "install_cancellation_rules",
@@ -259,8 +260,16 @@ def _ignoring_cancellation(awaitable: Awaitable[Any]) -> Generator[Any, None, No
         task.exception()
 
 
-# Tasks whose cancellation a guard re-armed and that has not landed yet.
+# Tasks whose cancellation a guard re-armed and that has not landed yet; _REARMED_REFS is
+# its underlying set, whose truth is a cheap test on every driver call.
 _REARMED: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+_REARMED_REFS: set[Any] = _REARMED.data  # type: ignore[attr-defined]
+
+
+def cancellation_rearmed() -> bool:
+    """Whether some task has a re-armed cancellation still to land (a cheap check before
+    :func:`deliver_rearmed_cancellation`)."""
+    return bool(_REARMED_REFS)
 
 
 async def deliver_rearmed_cancellation(
@@ -343,22 +352,22 @@ def _is_connection_loss(error: BaseException) -> bool:
 
 class _GuardedDriverObject:
     """A driver object (connection, prepared statement, transaction, cursor) whose awaitable
-    results run through a :class:`ConnectionGuard`; everything else passes through."""
+    results run through a :class:`ConnectionGuard`; everything else passes through.
 
-    __slots__ = ("_atom_guard", "_atom_methods", "_atom_target")
+    A method's wrapper is made on first use and kept in the instance's ``__dict__``, where
+    later lookups find it without going through ``__getattr__``.
+    """
 
     def __init__(self, target: Any, guard: ConnectionGuard) -> None:
         object.__setattr__(self, "_atom_target", target)
         object.__setattr__(self, "_atom_guard", guard)
-        object.__setattr__(self, "_atom_methods", {})
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._atom_target, name)
         if not inspect.ismethod(value):  # attributes, and callable objects such as the
             return value  # sqlite3 connection behind aiosqlite's ``_conn``
-        method = self._atom_methods.get(name)
-        if method is None:
-            method = self._atom_methods[name] = _guarded_method(name, self._atom_target, self)
+        method = _guarded_method(name, value, self._atom_guard)
+        object.__setattr__(self, name, method)
         return method
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -368,22 +377,21 @@ class _GuardedDriverObject:
         return f"<guarded {self._atom_target!r}>"
 
 
-def _guarded_method(name: str, target: Any, proxy: _GuardedDriverObject) -> Callable[..., Any]:
-    guard = proxy._atom_guard
+def _guarded_method(name: str, method: Any, guard: ConnectionGuard) -> Callable[..., Any]:
+    commit = name == "commit"
 
-    @functools.wraps(getattr(target, name))
     def call(*args: Any, **kwargs: Any) -> Any:
-        result = getattr(target, name)(*args, **kwargs)
+        result = method(*args, **kwargs)
         if not hasattr(result, "__await__"):
             return _guarded(result, guard)
         if hasattr(result, "__aenter__"):
             return _GuardedContext(result, guard, name)
-        commit = name == "commit"
-        if guard.takes_cancellation(name):
-            rollback = getattr(target, "rollback", None) if commit else None
+        if _REARMED_REFS and guard.takes_cancellation(name):
+            rollback = getattr(method.__self__, "rollback", None) if commit else None
             return guard.deliver_cancellation(result, rollback)
         return guard.commit(result) if commit else guard.run(result)
 
+    call.__name__ = call.__qualname__ = name
     return call
 
 
@@ -437,7 +445,7 @@ def _driver_object_types() -> tuple[type, ...]:
 
 
 def _guarded(result: Any, guard: ConnectionGuard) -> Any:
-    if isinstance(result, _driver_object_types()):
+    if isinstance(result, _DRIVER_OBJECT_TYPES or _driver_object_types()):
         return _GuardedDriverObject(result, guard)
     return result
 

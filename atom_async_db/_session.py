@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
 from ._cleanup import run_to_completion
-from ._guard import deliver_rearmed_cancellation
+from ._guard import cancellation_rearmed, deliver_rearmed_cancellation
 from ._hooks import NESTED, TEST_ROOT, hand_over_hooks, run_ready_hooks
 from ._hooks import install as install_hooks
 from ._options import SessionOptions
@@ -139,7 +139,8 @@ def _one_task_at_a_time(name: str) -> Callable[..., Any]:
         try:
             result = await method(self, *args, **kwargs)
         except BaseException as error:
-            await deliver_rearmed_cancellation(error)
+            if cancellation_rearmed():
+                await deliver_rearmed_cancellation(error)
             raise
         finally:
             self._atom_user = None
@@ -147,11 +148,12 @@ def _one_task_at_a_time(name: str) -> Callable[..., Any]:
                 self._atom_idle.set()
         if name == "commit":
             await run_ready_hooks(self)
-            committed = not self.sync_session.info.get(_NESTED)
-            await deliver_rearmed_cancellation(
-                note=COMMITTED_BEFORE_CANCEL_NOTE if committed else None
-            )
-        else:
+            if cancellation_rearmed():
+                committed = not self.sync_session.info.get(_NESTED)
+                await deliver_rearmed_cancellation(
+                    note=COMMITTED_BEFORE_CANCEL_NOTE if committed else None
+                )
+        elif cancellation_rearmed():
             await deliver_rearmed_cancellation()
         return result
 

@@ -13,16 +13,18 @@ COLUMNS = (
     ("ops/s", "{ops_per_s:.0f}"),
     ("spread", "{spread}"),
     ("vs peer", "{vs_peer}"),
+    ("vs peer_ping", "{vs_peer_ping}"),
     ("vs raw", "{vs_raw}"),
     ("lat p50/p99 ms", "{lat}"),
     ("wait p99/max ms", "{wait}"),
-    ("p99 wait/ideal", "{fair}"),
+    ("p99/max wait ÷ ideal", "{fair}"),
     ("starved", "{starved}"),
     ("errors", "{errors}"),
-    ("conns opened", "{connects}"),
+    ("conns opened (per 1k ops)", "{churn}"),
     ("peak out/server", "{peaks}"),
     ("CPU us/op", "{cpu_us_per_op:.0f}"),
     ("stmts/op", "{statements_per_op:.1f}"),
+    ("round trips/op", "{trips}"),
     ("RSS MB", "{peak_rss_mb:.0f}"),
 )
 
@@ -49,10 +51,15 @@ def table(summaries: list[dict[str, Any]]) -> str:
                 **row,
                 "spread": f"{low:.0f}-{high:.0f}",
                 "vs_peer": _ratio(row["ops_per_s"], same.get("peer")),
+                "vs_peer_ping": _ratio(row["ops_per_s"], same.get("peer_ping")),
                 "vs_raw": _ratio(row["ops_per_s"], same.get("raw")),
                 "lat": f"{row['latency_ms']['p50']:.1f} / {row['latency_ms']['p99']:.1f}",
                 "wait": f"{row['wait_ms']['p99']:.1f} / {row['wait_ms']['max']:.0f}",
-                "fair": "" if row["p99_wait_vs_ideal"] is None else f"{row['p99_wait_vs_ideal']}",
+                "fair": ""
+                if row["p99_wait_vs_ideal"] is None
+                else f"{row['p99_wait_vs_ideal']} / {row['max_wait_vs_ideal']}",
+                "churn": f"{row['connects']} ({row['connects_per_1k_ops']:.1f})",
+                "trips": "" if row["round_trips_per_op"] is None else row["round_trips_per_op"],
                 "starved": f"{row['starved']} (oldest {row['oldest_in_flight_s']:.1f} s)"
                 if row["starved"]
                 else "0",

@@ -45,8 +45,11 @@ class Cell:
     peak_rss_mb: float = 0.0
     cpu_us_per_op: float = 0.0
     statements_per_op: float = 0.0
+    round_trips_per_op: float | None = None
     ideal_wait_ms: float = 0.0
     p99_wait_vs_ideal: float | None = None
+    max_wait_vs_ideal: float | None = None
+    connects_per_1k_ops: float = 0.0
     starved: int = 0
     oldest_in_flight_s: float = 0.0
     writes_verified: bool | None = None
@@ -195,13 +198,19 @@ async def run_cell(
             else:
                 tasks = [asyncio.ensure_future(client(i)) for i in range(workers)]
             await asyncio.sleep(warmup)
-            statements, connects = stack.counters.statements, stack.counters.connects
+            counters = stack.counters
+            statements, connects, trips = (
+                counters.statements,
+                counters.connects,
+                counters.round_trips,
+            )
             cpu = time.process_time()
             window[0] = time.perf_counter()
             await asyncio.sleep(duration)
             window[1] = time.perf_counter()
             cpu = time.process_time() - cpu
-            statements = stack.counters.statements - statements
+            statements = counters.statements - statements
+            trips = counters.round_trips - trips
             cell.connects = stack.counters.connects - connects
             now = time.perf_counter()
             ages = [now - started for started in list(in_flight.values())]
@@ -222,9 +231,13 @@ async def run_cell(
     cell.errors = dict(errors)
     cell.cpu_us_per_op = round(cpu / ops * 1e6, 1) if ops else float("nan")
     cell.statements_per_op = round(statements / ops, 2) if ops else float("nan")
+    if trips and ops:
+        cell.round_trips_per_op = round(trips / ops, 2)
     if ops:
         cell.ideal_wait_ms = round(workers / cell.ops_per_s * 1000, 3)
         cell.p99_wait_vs_ideal = round(cell.wait_ms["p99"] / cell.ideal_wait_ms, 2)
+        cell.max_wait_vs_ideal = round(cell.wait_ms["max"] / cell.ideal_wait_ms, 2)
+        cell.connects_per_1k_ops = round(cell.connects / ops * 1000, 1)
     if workload == "write":
         cell.writes_verified = await counter_sum() - before_sum == succeeded
     return cell

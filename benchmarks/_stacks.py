@@ -73,13 +73,29 @@ class Counters:
 
     statements: int = 0  # statements sent, BEGIN / COMMIT / pings included
     connects: int = 0  # connections opened
+    round_trips: int = 0  # asyncpg: messages written to the server (each awaits a reply)
+
+    def count_round_trips(self, driver_connection: Any) -> None:
+        """Count what an asyncpg connection writes to its socket: every request (a query,
+        BEGIN, a ping's statements, COMMIT) is one write, answered before the next."""
+        transport = getattr(driver_connection, "_transport", None)
+        if transport is None:  # another driver: no count
+            return
+        write = transport.write
+
+        def counted_write(data: Any) -> None:
+            self.round_trips += 1
+            write(data)
+
+        transport.write = counted_write
 
     def watch(self, engine: Engine, *, pre_ping: bool) -> None:
         def statement(*_: Any) -> None:
             self.statements += 1
 
-        def connect(*_: Any) -> None:
+        def connect(dbapi_connection: Any, _record: Any) -> None:
             self.connects += 1
+            self.count_round_trips(dbapi_connection.driver_connection)
 
         # asyncpg sends BEGIN as a statement of its own; sqlite3 sends none of its own (our
         # BEGIN IMMEDIATE is counted as the statement it is).
@@ -240,8 +256,9 @@ class Raw(Stack):
 
             dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
-            async def counted(_: Any) -> None:
+            async def counted(connection: Any) -> None:
                 self.counters.connects += 1
+                self.counters.count_round_trips(connection)
 
             self.pool = await asyncpg.create_pool(
                 dsn,
