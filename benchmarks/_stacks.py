@@ -95,7 +95,7 @@ class Counters:
 
         def connect(dbapi_connection: Any, _record: Any) -> None:
             self.connects += 1
-            self.count_round_trips(dbapi_connection.driver_connection)
+            self.count_round_trips(getattr(dbapi_connection, "driver_connection", None))
 
         # asyncpg sends BEGIN as a statement of its own; sqlite3 sends none of its own (our
         # BEGIN IMMEDIATE is counted as the statement it is).
