@@ -9,8 +9,9 @@ connections discarded per 1,000 cancelled tasks).
 
 Here each async engine connects through :func:`guarded_connector`, which wraps the
 driver's connection (and the prepared statements, transactions and cursors it hands out)
-so that every call into the driver runs in a task of its own. When the caller is
-cancelled meanwhile, the call is given ``cancel_grace`` seconds to finish:
+so that the calling task never waits on the driver's own future, only on a stand-in that
+the driver's future resolves: a cancellation cancels the stand-in, never the call. When
+the caller is cancelled meanwhile, the call is given ``cancel_grace`` seconds to finish:
 
 - It finishes: its result is handed back as if nothing happened, so SQLAlchemy's view of
   the connection stays exact, and the cancellation is delivered again at the task's next
@@ -121,10 +122,11 @@ class ConnectionGuard:
         # The cancellation was withdrawn meanwhile.
         return await (self.run(call) if rollback is None else self.commit(call))
 
-    def run(self, awaitable: Awaitable[Any]) -> Awaitable[Any]:
+    async def run(self, awaitable: Awaitable[Any]) -> Any:
         """Await ``awaitable`` (a driver call) so that a cancellation of the caller lets it
-        finish within the grace; see the module docstring."""
-        return self._drive(awaitable)
+        finish within the grace; see the module docstring. (A coroutine, not ``_drive``'s
+        generator, so a guarded method can be handed to ``create_task`` or anyio.)"""
+        return await self._drive(awaitable)
 
     @types.coroutine
     def _drive(self, awaitable: Awaitable[Any]) -> Generator[Any, None, Any]:
@@ -193,7 +195,7 @@ class ConnectionGuard:
                         if pending is not None:
                             pending.cancel()
                 give_up_at = loop.time() + limit
-                while pending is None or pending.done() or loop.time() < give_up_at:
+                while loop.time() < give_up_at or (pending is not None and pending.done()):
                     if pending is not None and not pending.done():
                         yield from _wait(pending, give_up_at - loop.time())
                         continue
@@ -372,6 +374,7 @@ class _GuardedDriverObject:
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._atom_target, name, value)
+        self.__dict__.pop(name, None)  # a wrapper of what was there before
 
     def __repr__(self) -> str:
         return f"<guarded {self._atom_target!r}>"

@@ -5,18 +5,21 @@ SQLAlchemy's own ``pool_pre_ping`` on asyncpg sends BEGIN, a query and ROLLBACK 
 checkout: three round trips before each session's own BEGIN, statement and COMMIT. Here
 the async engine's checkout does one of two things:
 
-- **For a session scope** (``get_async_db_session()``, ``get_async_db``, and
-  ``get_db_session()`` under ``run_legacy``): it sends the transaction's BEGIN, which the
-  session's first statement would send anyway. A connection that is dead fails there,
+- **For a session's own connection** (the sessions of ``get_async_db_session()``,
+  ``get_async_db``, and ``get_db_session()`` under ``run_legacy``, without session
+  options): it sends the transaction's BEGIN, which the session's first statement would
+  send anyway. (So the transaction begins when the session takes its connection: at its
+  first statement, or at ``session.connection()``.) A connection that is dead fails there,
   before any statement of the session was sent, and SQLAlchemy's checkout retry replaces
   it: the ping costs nothing. Setting the isolation level, read-only or deferrable on the
   connection afterwards rolls this transaction back first (nothing ran in it), so the
   real one begins with those settings.
-- **Otherwise** (``engine.connect()``, an AUTOCOMMIT connection): one simple-protocol
+- **Otherwise** (``engine.connect()`` anywhere, sessions with options, an AUTOCOMMIT
+  connection): one simple-protocol
   ``SELECT 1`` (one round trip, no prepared statement, so PgBouncer-safe), as before.
 
-Either way the call runs through the cancellation guard, so a cancelled task keeps the
-connection (its cancellation lands on the session's first statement instead), and a
+Either way the call runs through the cancellation guard, so a cancellation that arrives
+meanwhile lets it finish and lands on the session's first statement instead, and a
 failure refreshes the connections pooled before it too (the server likely dropped them
 all). Fresh connections are not tested. The sync engine keeps SQLAlchemy's own ping.
 """
@@ -37,7 +40,8 @@ logger = logging.getLogger("atom_async_db")
 
 __all__ = ["BEGIN_ON_CHECKOUT", "install_checkout_ping"]
 
-#: True while a session scope whose transaction may begin at checkout is open.
+#: True only while a session that begins at checkout takes its connection (see
+#: ``TrackedSession._connection_for_bind``): never for other checkouts of the same task.
 BEGIN_ON_CHECKOUT: ContextVar[bool] = ContextVar("atom_async_db.begin_on_checkout", default=False)
 
 _FRESH = "atom_async_db.fresh"  # record.info: connected, not yet handed out
@@ -78,8 +82,10 @@ def install_checkout_ping(engine: Engine) -> None:
 
 def _begin(adapter: Any) -> bool:
     """Start the transaction on SQLAlchemy's asyncpg adapter; False where there is none
-    to start (another driver, AUTOCOMMIT, already begun)."""
-    if getattr(adapter, "_transaction", False) is not None or adapter.autocommit:
+    to start: another driver, AUTOCOMMIT, or one already begun."""
+    if not hasattr(adapter, "_start_transaction"):  # not SQLAlchemy's asyncpg adapter
+        return False
+    if adapter._transaction is not None or adapter.autocommit:
         return False
     await_(adapter._start_transaction())
     return True

@@ -16,7 +16,8 @@ in :class:`FairPool`; only how a caller waits differs:
   caller only takes a free connection, or opens a new one, when nobody is waiting.
 - Free connections are reused most-recently-returned first, so under a lighter load the
   surplus goes unused and, once it has been idle for ``OVERFLOW_IDLE`` seconds, is closed
-  down to ``pool_size`` (when connections are given back or taken).
+  down to ``pool_size``, one connection per return (there is no timer: a pool nobody uses
+  keeps what it has until its next use, ``pool_recycle`` or ``dispose()``).
 - Room for a new connection (one closed, or a failed connect) goes to the longest-waiting
   caller, which opens it.
 - A caller that times out gets :class:`~atom_async_db.PoolTimeoutError`, which says how
@@ -105,14 +106,12 @@ class FairPool(Pool):
     # -- the logic ------------------------------------------------------------------
 
     def _do_get(self) -> ConnectionPoolEntry:
-        surplus: list[ConnectionPoolEntry] = []
         with self._lock:
             if self._free:
                 # Nobody waits while a connection is free (it would have been handed over):
                 # what is left in the queue gave up waiting.
                 self._waiters.clear()
                 item: Any = self._free.pop()[0]
-                surplus = self._take_surplus()
             elif self._max_overflow == -1 or self._open < self._size + self._max_overflow:
                 self._open += 1
                 item = _OPEN
@@ -120,7 +119,6 @@ class FairPool(Pool):
                 waiter = self._new_waiter()
                 self._waiters.append(waiter)
                 item = None
-        self._close(surplus)
         if item is None:
             item = self._wait(waiter)
         if item is _TIMED_OUT:
@@ -136,14 +134,24 @@ class FairPool(Pool):
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         self._put_back(record)
+        # One surplus connection at most per return, after the record is back: closing is
+        # I/O, which a checkout never waits for and a return pays for only in small steps.
         with self._lock:
             surplus = self._take_surplus()
-        self._close(surplus)
+        if surplus is not None:
+            surplus.close()
 
     def _put_back(self, record: ConnectionPoolEntry) -> None:
         with self._lock:
             if not self._hand_over(record):
                 self._free.append((record, time.monotonic()))
+
+    def _pass_on(self, item: Any) -> None:
+        """A waiter that fails after it was handed ``item`` passes it on."""
+        if item is _OPEN:
+            self._give_up_room()
+        elif item is not None and item is not _TIMED_OUT:
+            self._put_back(item)
 
     def _hand_over(self, item: Any) -> bool:
         """Give ``item`` (a connection, or room to open one) to the longest-waiting
@@ -159,19 +167,17 @@ class FairPool(Pool):
             if not self._hand_over(_OPEN):
                 self._open -= 1
 
-    def _take_surplus(self) -> list[ConnectionPoolEntry]:
-        """Free connections beyond ``pool_size`` idle for ``OVERFLOW_IDLE``; under the lock
-        (the oldest free connection is the first in ``_free``)."""
-        surplus = []
-        give_up_before = time.monotonic() - OVERFLOW_IDLE
-        while self._open > self._size and self._free and self._free[0][1] < give_up_before:
-            surplus.append(self._free.popleft()[0])
+    def _take_surplus(self) -> ConnectionPoolEntry | None:
+        """The oldest free connection if it is beyond ``pool_size`` and idle for
+        ``OVERFLOW_IDLE``; under the lock (``_free`` is oldest first)."""
+        if (
+            self._open > self._size
+            and self._free
+            and self._free[0][1] < time.monotonic() - OVERFLOW_IDLE
+        ):
             self._open -= 1
-        return surplus
-
-    def _close(self, records: list[ConnectionPoolEntry]) -> None:
-        for record in records:
-            record.close()
+            return self._free.popleft()[0]
+        return None
 
     # -- waiting (threads here, tasks in FairAsyncPool) -------------------------------
 
@@ -179,7 +185,15 @@ class FairPool(Pool):
         return _ThreadWaiter()
 
     def _wait(self, waiter: Any) -> Any:
-        if waiter.ready.acquire(timeout=self._timeout):
+        try:
+            ready = waiter.ready.acquire(timeout=self._timeout)
+        except BaseException:  # a signal handler's exception, KeyboardInterrupt
+            with self._lock:
+                waiter.abandoned = True
+                item = waiter.item
+            self._pass_on(item)
+            raise
+        if ready:
             return waiter.item
         with self._lock:
             if waiter.item is not None:  # handed over as the wait ran out
@@ -220,7 +234,8 @@ class FairPool(Pool):
             free = [record for record, _ in self._free]
             self._free.clear()
             self._open -= len(free)
-        self._close(free)
+        for record in free:
+            record.close()
         self.logger.info("Pool disposed. %s", self.status())
 
     def status(self) -> str:
@@ -274,11 +289,7 @@ class FairAsyncPool(FairPool):
         except asyncio.CancelledError:
             future = waiter.future
             if future.done() and not future.cancelled():  # handed over, then cancelled
-                item = future.result()
-                if item is _OPEN:
-                    self._give_up_room()
-                elif item is not _TIMED_OUT:
-                    self._put_back(item)  # (no closing here: this is not in a greenlet)
+                self._pass_on(future.result())
             raise
         finally:
             timer.cancel()

@@ -85,7 +85,19 @@ TEST_ROOT_SESSION = {
 
 class TrackedSession(Session):
     """The sync session behind every AsyncSession we create: records unsaved writes and
-    keeps after-commit hooks (``_hooks``)."""
+    keeps after-commit hooks (``_hooks``), and (``begin_at_checkout``) has its transaction
+    begun as its connection's pre-ping (``_ping``)."""
+
+    begin_at_checkout = False
+
+    def _connection_for_bind(self, engine: Any, execution_options: Any = None, **kw: Any) -> Any:
+        if not self.begin_at_checkout:
+            return super()._connection_for_bind(engine, execution_options, **kw)
+        token = BEGIN_ON_CHECKOUT.set(True)
+        try:
+            return super()._connection_for_bind(engine, execution_options, **kw)
+        finally:
+            BEGIN_ON_CHECKOUT.reset(token)
 
 
 install_hooks(TrackedSession)
@@ -266,19 +278,18 @@ class ActiveScope:
     session: AsyncSession | Session
 
 
-def _restore(variable: ContextVar[Any], token: Token[Any], default: Any = None) -> None:
+def _restore(variable: ContextVar[ActiveScope | None], token: Token[ActiveScope | None]) -> None:
     try:
         variable.reset(token)
     except ValueError:  # exited in another context than entered (a framework's choice)
         previous = token.old_value
-        variable.set(default if previous is Token.MISSING else previous)
+        variable.set(None if previous is Token.MISSING else previous)
 
 
 class SessionScope:
     """Async context manager yielding an ``AsyncSession``; see the module docstring."""
 
     __slots__ = (
-        "_begin_token",
         "_commit",
         "_database",
         "_independent",
@@ -304,7 +315,6 @@ class SessionScope:
         self._outer: AsyncSession | None = None
         self._session: AsyncSession | None = None
         self._token: Token[ActiveScope | None] | None = None
-        self._begin_token: Token[bool] | None = None
         self._turn: asyncio.Lock | None = None
 
     async def __aenter__(self) -> AsyncSession:
@@ -354,9 +364,9 @@ class SessionScope:
                     "or drop independent=True to join the outer transaction."
                 )
             session = database._sessionmaker(bind=database.engine)
-            # Its transaction may begin at checkout, as the connection's ping (see _ping);
-            # options are set on the connection before the transaction begins.
-            self._begin_token = BEGIN_ON_CHECKOUT.set(not self._options)
+            # Its transaction begins at checkout, as the connection's ping (see _ping),
+            # unless options are to be set on the connection before it begins.
+            session.sync_session.begin_at_checkout = not self._options  # type: ignore[attr-defined]
         self._session = session
         self._token = database._active.set(ActiveScope(task, session))
         # Inside a test transaction the options cannot apply (it has begun long ago).
@@ -385,8 +395,6 @@ class SessionScope:
         assert session is not None
         assert token is not None
         _restore(self._database._active, token)
-        if self._begin_token is not None:
-            _restore(BEGIN_ON_CHECKOUT, self._begin_token, False)
         if exc is not None:
             await self._release(session, graceful=_is_graceful(exc))
             return

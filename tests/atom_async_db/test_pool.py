@@ -130,11 +130,13 @@ async def test_overflow_connections_stay_open_while_needed(make_default: Any) ->
         await asyncio.gather(*tasks)
     assert already + len(opened) == size  # SQLAlchemy's pool: 3 more in each of 30 rounds
     assert database.engine.pool.checkedin() == size
-    # Once idle for OVERFLOW_IDLE, the surplus is closed at the next return.
+    # Once idle for OVERFLOW_IDLE, the surplus is closed, one connection per return.
     pool_module.OVERFLOW_IDLE = 0.0
     try:
-        async with database.get_async_db_session() as session:
-            await session.connection()
+        for closed in range(size - database.engine.pool.size()):
+            async with database.get_async_db_session() as session:
+                await session.connection()
+            assert database.engine.pool.checkedin() == size - closed - 1
     finally:
         pool_module.OVERFLOW_IDLE = 10.0
     assert database.engine.pool.checkedin() == database.engine.pool.size()
@@ -232,3 +234,84 @@ async def test_connection_settings_apply_to_the_transaction_begun_at_checkout(
         assert await session.scalar(text(f"show {setting}")) != expected
     await assert_no_leaks(database)
     await database.dispose()
+
+
+async def test_only_the_sessions_own_connection_begins_at_checkout(postgres_url: str) -> None:
+    """Raw driver writes on another connection of the same task, or of a task started in
+    the block, are not pulled into a transaction (they autocommit, as asyncpg's do)."""
+    database = Database(postgres_url, pool_size=3, max_overflow=0)
+    async with database.engine.begin() as connection:
+        await connection.execute(text("drop table if exists raw_writes"))
+        await connection.execute(text("create table raw_writes (n int)"))
+    for _ in range(2):  # pooled connections from now on: they get tested at checkout
+        async with database.get_async_db_session() as session:
+            await session.execute(text("select 1"))
+
+    async def raw_insert(n: int) -> None:
+        async with database.engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            await raw.driver_connection.execute(f"insert into raw_writes values ({n})")
+
+    async with database.get_async_db_session() as session:
+        await session.execute(text("select 1"))
+        await raw_insert(1)
+        await asyncio.create_task(raw_insert(2))
+    async with database.get_async_db_session() as session:
+        rows = (await session.scalars(text("select n from raw_writes order by n"))).all()
+    assert rows == [1, 2]
+    await assert_no_leaks(database)
+    await database.dispose()
+
+
+async def test_guarded_driver_methods_are_coroutines(backend_url: str) -> None:
+    database = Database(backend_url, pool_size=1, max_overflow=0)
+    async with database.engine.connect() as connection:
+        raw = (await connection.get_raw_connection()).driver_connection
+        query = "select 1"
+        if database.settings.dialect == "postgresql":
+            assert await asyncio.create_task(raw.fetchval(query)) == 1
+        else:  # (aiosqlite's execute() is a context manager, not a coroutine, anyway)
+            assert await asyncio.create_task(raw.commit()) is None
+    await database.dispose()
+
+
+def test_a_thread_interrupted_while_waiting_passes_its_turn_on(tmp_path: Any) -> None:
+    """An exception raised in a waiting thread (a signal handler's, KeyboardInterrupt)
+    must not leave the pool owing it a connection."""
+    import signal
+
+    database = Database(
+        f"sqlite:///{tmp_path / 'w.db'}", sync_pool_size=1, sync_max_overflow=0, pool_timeout=5
+    )
+    engine = database.sync_engine
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with engine.connect():
+            holding.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait()
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(*_: object) -> None:
+        release.set()  # the connection comes back while this thread still waits, or after
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    try:
+        with pytest.raises(Interrupted), engine.connect():
+            pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    holder.join()
+    with engine.connect() as connection:  # the one connection is free again, at once
+        assert connection.exec_driver_sql("select 1").scalar() == 1
+    assert engine.pool.checkedout() == 0
+    database.dispose_sync_engine()
