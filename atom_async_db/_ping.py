@@ -15,8 +15,8 @@ the async engine's checkout does one of two things:
   connection afterwards rolls this transaction back first (nothing ran in it), so the
   real one begins with those settings.
 - **Otherwise** (``engine.connect()`` anywhere, sessions with options, an AUTOCOMMIT
-  connection): one simple-protocol
-  ``SELECT 1`` (one round trip, no prepared statement, so PgBouncer-safe), as before.
+  connection): one simple-protocol ``SELECT 1`` (one round trip, no prepared statement,
+  so PgBouncer-safe), as before, and SQLAlchemy's usual BEGIN at the first statement.
 
 Either way the call runs through the cancellation guard, so a cancellation that arrives
 meanwhile lets it finish and lands on the session's first statement instead, and a
