@@ -315,3 +315,29 @@ def test_a_thread_interrupted_while_waiting_passes_its_turn_on(tmp_path: Any) ->
         assert connection.exec_driver_sql("select 1").scalar() == 1
     assert engine.pool.checkedout() == 0
     database.dispose_sync_engine()
+
+
+@pytest.mark.parametrize("backend", ["sqlite_file"], indirect=True)
+async def test_sqlite_cursors_and_empty_rollbacks_make_no_trip_to_its_thread(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy makes and closes a cursor around every statement; each trip to aiosqlite's
+    thread costs a thread wake-up and two GIL hand-overs, so only I/O makes one."""
+    import aiosqlite
+
+    trips: list[str] = []
+    real = aiosqlite.Connection._execute
+
+    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(fn, "__name__", repr(fn)))
+        return await real(self, fn, *args, **kwargs)
+
+    async with db.get_async_db_session() as session:  # warm: connection and caches
+        await session.execute(text("select 1"))
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    async with db.get_async_db_session() as session:
+        assert (await session.execute(text("select 1"))).scalar() == 1
+    # BEGIN IMMEDIATE; the SELECT and its fetch; COMMIT (was 9: a cursor made and closed
+    # around each statement, and the pool's rollback, in the connection's thread)
+    assert len(trips) == 4, trips
+    await assert_no_leaks(db)
