@@ -147,20 +147,13 @@ class Database:
 
         Same as :func:`atom_async_db.get_async_db_session`, on this database.
         """
-        options = None  # (the common case skips validating four defaults)
-        if (
-            isolation_level is not None
-            or read_only
-            or statement_timeout is not None
-            or lock_timeout is not None
-        ):
-            options = SessionOptions.of(
-                self.settings.dialect,
-                isolation_level=isolation_level,
-                read_only=read_only,
-                statement_timeout=statement_timeout,
-                lock_timeout=lock_timeout,
-            )
+        options = SessionOptions.of(
+            self.settings.dialect,
+            isolation_level=isolation_level,
+            read_only=read_only,
+            statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout,
+        )
         return SessionScope(self, commit=True, independent=independent, options=options)
 
     async def get_async_db(self) -> AsyncIterator[AsyncSession]:

@@ -463,6 +463,7 @@ def _rollback_here(connection: Any, guard: ConnectionGuard) -> Awaitable[Any]:
     return _Ready(None)
 
 
+@functools.cache  # built once: it is looked up for every method of every new cursor
 def _here_calls() -> dict[str, tuple[type, Callable[..., Awaitable[Any]]]]:
     import aiosqlite
 

@@ -40,6 +40,13 @@ class SessionOptions:
         statement_timeout: float | None = None,
         lock_timeout: float | None = None,
     ) -> SessionOptions:
+        if (
+            isolation_level is None
+            and not read_only
+            and statement_timeout is None
+            and lock_timeout is None
+        ):
+            return NO_OPTIONS  # the common case: nothing to validate
         if isolation_level is not None:
             isolation_level = isolation_level.upper().replace("_", " ")
             if isolation_level not in ISOLATION_LEVELS:
@@ -96,3 +103,6 @@ class SessionOptions:
         if self.lock_timeout:
             ms = int(self.lock_timeout * 1000)
             await session.execute(text(f"SET LOCAL lock_timeout = {ms}"))
+
+
+NO_OPTIONS = SessionOptions()

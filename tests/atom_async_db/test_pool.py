@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from atom_async_db import Database, PoolTimeoutError
 from atom_async_db import _pool as pool_module
+from benchmarks._stacks import Counters
 from tests.conftest import assert_no_leaks
 
 
@@ -183,19 +184,6 @@ async def test_threads_take_turns_on_the_sync_pool(make_default: Any) -> None:
 # --------------------------------------------------------------------------- the ping
 
 
-class _CountedWrites:
-    """Counts the messages an asyncpg connection sends (one per request it awaits)."""
-
-    def __init__(self, transport: Any) -> None:
-        self.count = 0
-        self._write = transport.write
-        transport.write = self
-
-    def __call__(self, data: Any) -> None:
-        self.count += 1
-        self._write(data)
-
-
 async def test_a_sessions_begin_is_its_connections_ping(postgres_url: str) -> None:
     database = Database(postgres_url, pool_size=1, max_overflow=0)
     statement = text("select 1")
@@ -203,14 +191,15 @@ async def test_a_sessions_begin_is_its_connections_ping(postgres_url: str) -> No
         async with database.get_async_db_session() as session:
             await session.scalar(statement)
     record = database.engine.pool._free[0][0]  # type: ignore[attr-defined]
-    writes = _CountedWrites(record.dbapi_connection.driver_connection._transport)
+    writes = Counters()  # the benchmark's: requests written to the connection's socket
+    writes.count_round_trips(record.dbapi_connection.driver_connection)
     async with database.get_async_db_session() as session:
         assert await session.scalar(statement) == 1
-    assert writes.count == 3  # BEGIN (also the ping), the statement, COMMIT
+    assert writes.round_trips == 3  # BEGIN (also the ping), the statement, COMMIT
     async with database.engine.connect() as connection:  # not a session: a SELECT 1 ping
         await connection.scalar(statement)
         await connection.commit()
-    assert writes.count == 3 + 4
+    assert writes.round_trips == 3 + 4
     await database.dispose()
 
 
