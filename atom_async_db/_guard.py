@@ -9,9 +9,10 @@ connections discarded per 1,000 cancelled tasks).
 
 Here each async engine connects through :func:`guarded_connector`, which wraps the
 driver's connection (and the prepared statements, transactions and cursors it hands out)
-so that the calling task never waits on the driver's own future, only on a stand-in that
-the driver's future resolves: a cancellation cancels the stand-in, never the call. When
-the caller is cancelled meanwhile, the call is given ``cancel_grace`` seconds to finish:
+so that the calling task never waits on the driver's own future, only on a stand-in
+(``_Shielded``) that the driver's future wakes: a cancellation cancels the stand-in, never
+the call. When the caller is cancelled meanwhile, the call is given ``cancel_grace``
+seconds to finish:
 
 - It finishes: its result is handed back as if nothing happened, so SQLAlchemy's view of
   the connection stays exact, and the cancellation is delivered again at the task's next
@@ -85,13 +86,14 @@ class ConnectionGuard:
         # cursors, a rollback with no transaction open) runs on the loop's thread, not by
         # a trip to the connection's thread (see _here_calls).
         self.cursors_here = cursors_here
+        _driver_object_types()  # (the hot paths read _DRIVER_OBJECT_TYPES directly)
 
     async def commit(self, commit: Awaitable[Any]) -> Any:
         """Run a COMMIT; a connection lost meanwhile, or a COMMIT still running when a
         cancellation's grace ran out, leaves its outcome unknown (reported as
         :class:`CommitOutcomeUnknownError`, or as a note on the ``CancelledError``)."""
         try:
-            return await self.run(commit)
+            return await self._drive(commit)
         except asyncio.CancelledError as cancel:
             if self.tainted:
                 cancel.add_note(COMMIT_ABANDONED_NOTE)
@@ -142,9 +144,9 @@ class ConnectionGuard:
     def _drive(self, awaitable: Awaitable[Any]) -> Generator[Any, None, Any]:
         # The call runs in the caller's task, but the task never waits on the driver's own
         # future: a cancellation would cancel that future, and asyncpg would abandon the
-        # statement. The task waits on a proxy, which a cancellation may cancel instead; this
-        # costs one future and one callback per wait, where a task of its own per call
-        # (asyncio.shield) cost several times that.
+        # statement. The task waits on a _Shielded stand-in instead, which wakes it when
+        # the driver's future is done, at no extra turn of the loop, or, when cancelled,
+        # detaches the task from that future and wakes it with the cancellation.
         steps = awaitable.__await__()
         try:
             pending = steps.send(None)
@@ -155,17 +157,14 @@ class ConnectionGuard:
                     except asyncio.CancelledError as cancel:
                         return (yield from self._settle_call(steps, None, cancel))
                 else:
-                    proxy = pending.get_loop().create_future()
-                    wake = functools.partial(_resolve, proxy)
-                    pending.add_done_callback(wake)
                     try:
-                        yield from proxy
+                        yield _Shielded(pending)
                     except asyncio.CancelledError as cancel:
-                        pending.remove_done_callback(wake)
                         return (yield from self._settle_call(steps, pending, cancel))
                 pending = steps.send(None)
         except StopIteration as done:
-            return _guarded(done.value, self)
+            value = done.value
+            return _guard_object(value, self) if isinstance(value, _DRIVER_OBJECT_TYPES) else value
 
     def _settle_call(
         self, steps: Generator[Any, None, Any], pending: Any, cancel: asyncio.CancelledError
@@ -233,6 +232,51 @@ class ConnectionGuard:
         task.uncancel()
         task.cancel(cancel.args[0] if cancel.args else None)
         _REARMED.add(task)
+
+
+class _Shielded:
+    """What a task waits on instead of a driver's future ``pending``: asyncio's task protocol
+    for awaited objects (``_asyncio_future_blocking``, ``add_done_callback``, ``cancel``,
+    ``result``), minus the cancelling of ``pending``.
+
+    The task's wake-up is registered on ``pending`` itself, so a call that finishes wakes
+    the task directly. ``cancel()`` takes the wake-up off ``pending`` (which runs on) and
+    wakes the task with the ``CancelledError``; once ``pending`` is done, the wake-up is
+    already on its way and ``cancel()`` returns False, so the task takes the cancellation
+    at its next step, as it does for a finished future.
+    """
+
+    __slots__ = ("_asyncio_future_blocking", "_cancelled", "_context", "_loop", "_pending", "_wake")
+
+    def __init__(self, pending: asyncio.Future[Any]) -> None:
+        self._pending = pending
+        self._loop = pending._loop  # (asyncio reads it where there is no get_loop())
+        self._asyncio_future_blocking = True
+        self._cancelled: asyncio.CancelledError | None = None
+
+    def add_done_callback(self, wake: Callable[[Any], object], *, context: Any = None) -> None:
+        self._wake = wake
+        self._context = context
+        self._pending.add_done_callback(wake, context=context)
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self._cancelled is not None or self._pending.done():
+            return False
+        self._pending.remove_done_callback(self._wake)
+        self._cancelled = asyncio.CancelledError() if msg is None else asyncio.CancelledError(msg)
+        self._loop.call_soon(self._wake, self, context=self._context)
+        return True
+
+    def done(self) -> bool:
+        return self._cancelled is not None or self._pending.done()
+
+    def cancelled(self) -> bool:
+        return self._cancelled is not None
+
+    def result(self) -> Any:
+        if self._cancelled is not None:
+            raise self._cancelled
+        return self._pending.result()
 
 
 def _resolve(waiter: asyncio.Future[Any], _: object = None) -> None:
@@ -366,9 +410,13 @@ class _GuardedDriverObject:
     """A driver object (connection, prepared statement, transaction, cursor) whose awaitable
     results run through a :class:`ConnectionGuard`; everything else passes through.
 
-    A method's wrapper is made on first use and kept in the instance's ``__dict__``, where
-    later lookups find it without going through ``__getattr__``.
+    Each driver class gets a subclass of its own (made by :func:`_guard_object`), which keeps the
+    wrapper of a method once it has been used: later calls, on any object of that class,
+    find it without going through ``__getattr__``. (A transaction is a new object per
+    session, so wrappers per object would be made again for every session.)
     """
+
+    __slots__ = ("_atom_guard", "_atom_target")
 
     def __init__(self, target: Any, guard: ConnectionGuard) -> None:
         object.__setattr__(self, "_atom_target", target)
@@ -378,36 +426,59 @@ class _GuardedDriverObject:
         value = getattr(self._atom_target, name)
         if not inspect.ismethod(value):  # attributes, and callable objects such as the
             return value  # sqlite3 connection behind aiosqlite's ``_conn``
-        method = _guarded_method(name, value, self._atom_guard)
-        object.__setattr__(self, name, method)
-        return method
+        wrapper = _guarded_method(name, value)
+        setattr(type(self), name, wrapper)
+        return wrapper.__get__(self)
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._atom_target, name, value)
-        self.__dict__.pop(name, None)  # a wrapper of what was there before
 
     def __repr__(self) -> str:
         return f"<guarded {self._atom_target!r}>"
 
 
-def _guarded_method(name: str, method: Any, guard: ConnectionGuard) -> Callable[..., Any]:
-    if guard.cursors_here:
-        here = _here_calls().get(name)
-        if here is not None and isinstance(method.__self__, here[0]):
-            return functools.partial(here[1], method.__self__, guard)
+_PROXY_CLASSES: dict[type, type[_GuardedDriverObject]] = {}
+
+
+def _guard_object(target: Any, guard: ConnectionGuard) -> _GuardedDriverObject:
+    proxy_class = _PROXY_CLASSES.get(type(target))
+    if proxy_class is None:
+        name = f"Guarded{type(target).__name__}"
+        proxy_class = type(name, (_GuardedDriverObject,), {"__slots__": ()})
+        _PROXY_CLASSES[type(target)] = proxy_class
+    return proxy_class(target, guard)
+
+
+def _guarded_method(name: str, method: Any) -> Callable[..., Any]:
+    """The wrapper of driver method ``name`` (``method``: one object's, to look at)."""
     commit = name == "commit"
 
-    def call(*args: Any, **kwargs: Any) -> Any:
-        result = method(*args, **kwargs)
-        if not hasattr(result, "__await__"):
-            return _guarded(result, guard)
-        if hasattr(result, "__aenter__"):
-            return _GuardedContext(result, guard, name)
+    def call(self: _GuardedDriverObject, *args: Any, **kwargs: Any) -> Any:
+        guard = self._atom_guard
+        result = getattr(self._atom_target, name)(*args, **kwargs)
+        if type(result) is not types.CoroutineType:  # (driver calls mostly are coroutines)
+            if not hasattr(result, "__await__"):
+                if isinstance(result, _DRIVER_OBJECT_TYPES):
+                    return _guard_object(result, guard)
+                return result
+            if hasattr(result, "__aenter__"):
+                return _GuardedContext(result, guard, name)
         if _REARMED_REFS and guard.takes_cancellation(name):
-            rollback = getattr(method.__self__, "rollback", None) if commit else None
+            rollback = getattr(self._atom_target, "rollback", None) if commit else None
             return guard.deliver_cancellation(result, rollback)
         return guard.commit(result) if commit else guard.run(result)
 
+    here = _here_calls().get(name)
+    if here is not None and isinstance(method.__self__, here[0]):
+        answer_here = here[1]
+
+        def call_here(self: _GuardedDriverObject, *args: Any, **kwargs: Any) -> Any:
+            if self._atom_guard.cursors_here:
+                return answer_here(self._atom_target, self._atom_guard)
+            return call(self, *args, **kwargs)
+
+        call_here.__name__ = call_here.__qualname__ = name
+        return call_here
     call.__name__ = call.__qualname__ = name
     return call
 
@@ -439,9 +510,7 @@ def _cursor_here(connection: Any, guard: ConnectionGuard) -> _Ready:
     trips instead of 9."""
     import aiosqlite
 
-    return _Ready(
-        _GuardedDriverObject(aiosqlite.Cursor(connection, connection._conn.cursor()), guard)
-    )
+    return _Ready(_guard_object(aiosqlite.Cursor(connection, connection._conn.cursor()), guard))
 
 
 def _close_here(cursor: Any, guard: ConnectionGuard) -> Awaitable[Any]:
@@ -524,8 +593,8 @@ def _driver_object_types() -> tuple[type, ...]:
 
 
 def _guarded(result: Any, guard: ConnectionGuard) -> Any:
-    if isinstance(result, _DRIVER_OBJECT_TYPES or _driver_object_types()):
-        return _GuardedDriverObject(result, guard)
+    if isinstance(result, _DRIVER_OBJECT_TYPES):
+        return _guard_object(result, guard)
     return result
 
 
@@ -566,9 +635,7 @@ def guarded_connector(
         # aiosqlite statements run in a thread a task cancel cannot stop; sqlite3 can.
         interrupt = getattr(connection, "interrupt", None) if server is None else None
         here = server is None and kwargs.get("check_same_thread") is False
-        return _GuardedDriverObject(
-            connection, ConnectionGuard(grace, interrupt, cursors_here=here)
-        )
+        return _guard_object(connection, ConnectionGuard(grace, interrupt, cursors_here=here))
 
     return connect_guarded
 

@@ -10,6 +10,9 @@ waited for a connection, how many statements it sent and how many connections it
 - ``run_legacy``: the same legacy function through ``sync_compat.run_legacy`` (the async
   pool, through the greenlet bridge).
 - ``--full`` adds ``ours_pool5`` (pool 5 + 0) and ``peer_nullpool`` (no pool at all).
+- On request (``--stacks``): ``ours_noping`` (``pool_pre_ping=False``) and
+  ``ours_unguarded`` (the cancellation guard off, through an ``async_creator``), to
+  measure what each costs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -200,6 +204,40 @@ class Ours(Stack):
 class OursPool5(Ours):
     name = "ours_pool5"
     options: ClassVar[dict[str, Any]] = {"pool_size": 5, "max_overflow": 0}
+
+
+class OursNoPing(Ours):
+    name = "ours_noping"
+    options: ClassVar[dict[str, Any]] = {"pool_pre_ping": False}
+
+
+class OursUnguarded(Ours):
+    """``ours`` with the cancellation guard off (an ``async_creator`` of one's own)."""
+
+    name = "ours_unguarded"
+
+    def open_database(self) -> Database:
+        creator = plain_creator(self.url, self.application_name)
+        return Database(
+            self.url,
+            application_name=self.application_name,
+            engine_options={"async_creator": creator},
+        )
+
+
+def plain_creator(url: str | URL, application_name: str | None = None) -> Callable[[], Any]:
+    """An ``async_creator`` that connects with the driver directly (no cancellation guard)."""
+    settings = build_settings(url)
+    if settings.dialect == "sqlite":
+        import aiosqlite
+
+        path = settings.url.database
+        return lambda: aiosqlite.connect(path, isolation_level=None)
+    import asyncpg
+
+    dsn = settings.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    server_settings = {"application_name": application_name} if application_name else None
+    return lambda: asyncpg.connect(dsn, server_settings=server_settings)
 
 
 class Peer(Stack):
@@ -395,6 +433,9 @@ class RunLegacy(Ours):
 
 STACKS: dict[str, type[Stack]] = {
     stack.name: stack
-    for stack in (Ours, Peer, PeerPing, Raw, Threads, RunLegacy, OursPool5, PeerNullPool)
+    for stack in (
+        *(Ours, Peer, PeerPing, Raw, Threads, RunLegacy),
+        *(OursPool5, PeerNullPool, OursNoPing, OursUnguarded),
+    )
 }
 DEFAULT_STACKS = ("ours", "peer", "peer_ping", "raw", "threads", "run_legacy")

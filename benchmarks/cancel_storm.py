@@ -44,6 +44,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from atom_async_db import Database
 
+from ._stacks import plain_creator
+
 PHASES = ("waiting", "statement", "commit", "close")
 MECHANISMS = ("task.cancel", "asyncio.timeout", "anyio")
 STACKS = ("plain", "ours")
@@ -255,11 +257,23 @@ async def run_storm(
         phases.of[task] = "waiting"
         target = rng.choice(PHASES)
 
-        def cancel_now() -> None:
+        def note_landing() -> str:
             landed = "finished" if task.done() else phases.of.get(task, "finished")
             report.landed[landed] += 1
             cancelled_in[i] = landed
-            if landed != "finished":  # too late: the unit of work is over
+            return landed
+
+        def cancel_now() -> None:
+            if task.done() or phases.of.get(task) == "finished":
+                note_landing()  # too late: the unit of work is over
+            elif mechanism == "asyncio.timeout":
+                # An expired timeout cancels its task a turn of the loop later (from the
+                # callback reschedule() queues): the phase is noted just after that, before
+                # the task can move on (a task that left the block meanwhile is not cancelled).
+                cancel_holder[0]()
+                loop.call_soon(note_landing)
+            else:
+                note_landing()
                 cancel_holder[0]()
 
         if target == "waiting":
@@ -380,7 +394,7 @@ async def statement_cost(url: str, *, guarded: bool, statements: int = 2000) -> 
     cancellation guard on or (``guarded=False``) with the driver connected directly."""
     options: dict[str, Any] = {}
     if not guarded:  # an async_creator of one's own turns the guard off (see _engine)
-        options["engine_options"] = {"async_creator": _plain_creator(url)}
+        options["engine_options"] = {"async_creator": plain_creator(url)}
     database = Database(url, pool_size=1, max_overflow=0, pool_pre_ping=False, **options)
     try:
         query = text("select 1")
@@ -394,21 +408,6 @@ async def statement_cost(url: str, *, guarded: bool, statements: int = 2000) -> 
         return (time.process_time() - started) / statements * 1e6
     finally:
         await database.dispose()
-
-
-def _plain_creator(url: str) -> Callable[[], Any]:
-    from atom_async_db._settings import build_settings
-
-    settings = build_settings(url)
-    if settings.dialect == "sqlite":
-        import aiosqlite
-
-        path = settings.url.database
-        return lambda: aiosqlite.connect(path, isolation_level=None)
-    import asyncpg
-
-    dsn = settings.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return lambda: asyncpg.connect(dsn)
 
 
 def _row(report: StormReport) -> str:

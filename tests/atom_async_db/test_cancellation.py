@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import bindparam, event, exc, text
 
 from atom_async_db import ConcurrentSessionUseError, Database
-from atom_async_db._guard import COMMIT_ABANDONED_NOTE, CONNECTION_LOST_NOTE
+from atom_async_db._guard import COMMIT_ABANDONED_NOTE, CONNECTION_LOST_NOTE, ConnectionGuard
 from atom_async_db._session import COMMITTED_BEFORE_CANCEL_NOTE
 from benchmarks.cancel_storm import MECHANISMS, PHASES, StormReport, run_storm
 from tests.conftest import APP_NAME, assert_no_leaks, create_slow_commit_table
@@ -232,3 +232,95 @@ async def test_dispose_from_inside_a_session_does_not_wait_for_itself(db: Databa
             await db.dispose()
         assert await session.scalar(text("select 2")) == 2  # still works
     gc.collect()  # and its connection was closed when it ended (no ResourceWarning)
+
+
+# The guard's wait (``_Shielded``) at the edges of a driver call, on a future that stands
+# for the driver's: the cases a storm hits only by chance.
+
+
+def _guarded_wait() -> tuple[asyncio.Future[int], ConnectionGuard, Any, asyncio.Event]:
+    loop = asyncio.get_running_loop()
+    driver_future: asyncio.Future[int] = loop.create_future()
+    waiting = asyncio.Event()
+
+    async def driver_call() -> int:
+        waiting.set()  # (the task waits on the future before anyone sees this)
+        return await driver_future
+
+    return driver_future, ConnectionGuard(grace=5.0, interrupt=None), driver_call(), waiting
+
+
+async def _run_then_await(guard: ConnectionGuard, call: Any, results: list[int]) -> None:
+    results.append(await guard.run(call))
+    await asyncio.sleep(0)  # the re-armed cancellation lands here
+
+
+async def test_a_cancel_as_the_call_finishes_keeps_its_result_and_lands_after() -> None:
+    # The driver's future is done and the task's wake-up queued when the cancel comes: the
+    # task must be woken once, with the call's result, and take the cancellation next.
+    driver_future, guard, call, waiting = _guarded_wait()
+    results: list[int] = []
+    task = asyncio.create_task(_run_then_await(guard, call, results))
+    await waiting.wait()
+    loop_errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: loop_errors.append(context))
+    driver_future.set_result(42)
+    task.cancel()
+    task.cancel()  # (anyio delivers a scope's cancellation again until it lands)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0)  # (a second wake-up would fail on the finished task here)
+    assert loop_errors == []
+    assert results == [42] and not guard.tainted and not driver_future.cancelled()
+
+
+async def test_a_cancel_while_the_call_runs_lets_it_finish_within_the_grace() -> None:
+    driver_future, guard, call, waiting = _guarded_wait()
+    results: list[int] = []
+    task = asyncio.create_task(_run_then_await(guard, call, results))
+    await waiting.wait()
+    task.cancel()
+    await asyncio.sleep(0)  # the task takes the cancellation and goes on waiting
+    assert not driver_future.cancelled() and not task.done()
+    driver_future.set_result(7)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert results == [7] and not guard.tainted
+
+
+async def test_a_call_that_outlives_the_grace_is_stopped_and_taints_the_connection() -> None:
+    driver_future, guard, call, waiting = _guarded_wait()
+    guard.grace = 0.01
+    results: list[int] = []
+    task = asyncio.create_task(_run_then_await(guard, call, results))
+    await waiting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert results == [] and guard.tainted and driver_future.cancelled()
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite_file"], indirect=True)
+async def test_driver_method_wrappers_are_made_once_per_driver_class(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A transaction (asyncpg) or cursor (aiosqlite) is a new driver object per session: its
+    # wrappers must not be made again for each (a cost per session, found by profiling).
+    from atom_async_db import _guard
+
+    made: list[str] = []
+    make = _guard._guarded_method
+
+    def counted(name: str, method: Any) -> Any:
+        made.append(name)
+        return make(name, method)
+
+    async def sessions() -> None:
+        for _ in range(3):
+            async with db.get_async_db_session() as session:
+                await session.execute(text("select 1"))
+
+    await sessions()
+    monkeypatch.setattr(_guard, "_guarded_method", counted)
+    await sessions()
+    assert made == []

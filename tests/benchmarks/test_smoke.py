@@ -4,6 +4,8 @@ measured by the benchmarks, never asserted here.)"""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +14,10 @@ import pytest
 from sqlalchemy import func, select
 
 from atom_async_db import Database
+from atom_async_db._guard import guard_of
+from atom_async_db._settings import build_settings
 from benchmarks._runner import run_cell
-from benchmarks._stacks import DEFAULT_STACKS, Ours, User, prepare
+from benchmarks._stacks import DEFAULT_STACKS, STACKS, Ours, User, prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,3 +84,36 @@ def test_the_cancel_storm_command_compares_both_stacks(backend_url: str) -> None
             line.startswith("| ours")]  # fmt: skip
     assert len(rows) == 2, result.stdout
     assert "µs with the cancellation guard" in result.stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite_file", "postgres"], indirect=True)
+async def test_the_stacks_that_turn_the_ping_and_the_guard_off(backend_url: str) -> None:
+    settings = build_settings(backend_url)
+    for name, guarded in (("ours_noping", True), ("ours_unguarded", False)):
+        stack = STACKS[name](settings.url, settings.dialect)
+        await stack.start()
+        assert isinstance(stack, Ours)
+        try:
+            await prepare(stack.database)
+            await stack.op("read", 1)
+            async with stack.database.engine.connect() as connection:
+                raw = (await connection.get_raw_connection()).driver_connection
+            assert (guard_of(raw) is not None) is guarded, name
+            if name == "ours_noping":
+                assert stack.database.settings.pool_pre_ping is False
+        finally:
+            await stack.stop()
+
+
+@pytest.mark.skipif(
+    shutil.which("valgrind") is None, reason="needs valgrind (apt install valgrind)"
+)
+def test_the_instruction_count_command(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "benchmarks.instructions", "--url", f"sqlite:///{tmp_path / 'i.db'}",
+        "--stacks", "ours_unguarded", "--ops", "5",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = re.search(r"^\| ours_unguarded \| ([\d,]+)k \|$", result.stdout, re.MULTILINE)
+    assert row is not None and int(row.group(1).replace(",", "")) > 0, result.stdout
