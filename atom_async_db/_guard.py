@@ -410,10 +410,10 @@ class _GuardedDriverObject:
     """A driver object (connection, prepared statement, transaction, cursor) whose awaitable
     results run through a :class:`ConnectionGuard`; everything else passes through.
 
-    Each driver class gets a subclass of its own (made by :func:`_guard_object`), which keeps the
-    wrapper of a method once it has been used: later calls, on any object of that class,
-    find it without going through ``__getattr__``. (A transaction is a new object per
-    session, so wrappers per object would be made again for every session.)
+    Each driver class gets a subclass of its own (made by :func:`_guard_object`), which
+    keeps the wrapper of a method once it has been used: later calls, on any object of
+    that class, find it without going through ``__getattr__``. (A transaction is a new
+    object per session, so wrappers per object would be made again for every session.)
     """
 
     __slots__ = ("_atom_guard", "_atom_target")
@@ -458,9 +458,7 @@ def _guarded_method(name: str, method: Any) -> Callable[..., Any]:
         result = getattr(self._atom_target, name)(*args, **kwargs)
         if type(result) is not types.CoroutineType:  # (driver calls mostly are coroutines)
             if not hasattr(result, "__await__"):
-                if isinstance(result, _DRIVER_OBJECT_TYPES):
-                    return _guard_object(result, guard)
-                return result
+                return _guarded(result, guard)
             if hasattr(result, "__aenter__"):
                 return _GuardedContext(result, guard, name)
         if _REARMED_REFS and guard.takes_cancellation(name):
