@@ -86,7 +86,6 @@ class ConnectionGuard:
         # cursors, a rollback with no transaction open) runs on the loop's thread, not by
         # a trip to the connection's thread (see _here_calls).
         self.cursors_here = cursors_here
-        _driver_object_types()  # (the hot paths read _DRIVER_OBJECT_TYPES directly)
 
     async def commit(self, commit: Awaitable[Any]) -> Any:
         """Run a COMMIT; a connection lost meanwhile, or a COMMIT still running when a
@@ -239,8 +238,11 @@ class _Shielded:
     for awaited objects (``_asyncio_future_blocking``, ``add_done_callback``, ``cancel``,
     ``result``), minus the cancelling of ``pending``.
 
-    The task's wake-up is registered on ``pending`` itself, so a call that finishes wakes
-    the task directly. ``cancel()`` takes the wake-up off ``pending`` (which runs on) and
+    ``pending``'s own done-callback wakes the task, so a call that finishes wakes it with no
+    extra turn of the loop. The task is woken with None, never with ``pending``'s outcome:
+    the driver's coroutine reads that itself on the next send, so its own error handling
+    runs (asyncpg re-prepares a statement a schema change invalidated, and swallows a reset
+    while closing). ``cancel()`` takes the callback off ``pending`` (which runs on) and
     wakes the task with the ``CancelledError``; once ``pending`` is done, the wake-up is
     already on its way and ``cancel()`` returns False, so the task takes the cancellation
     at its next step, as it does for a finished future.
@@ -257,12 +259,18 @@ class _Shielded:
     def add_done_callback(self, wake: Callable[[Any], object], *, context: Any = None) -> None:
         self._wake = wake
         self._context = context
-        self._pending.add_done_callback(wake, context=context)
+        self._pending.add_done_callback(self._done, context=context)
+
+    def _done(self, pending: asyncio.Future[Any]) -> None:
+        if pending.cancelled() or pending.exception() is not None:
+            self._wake(self)  # (wakes the task with None: see the class docstring)
+        else:
+            self._wake(pending)  # the same, but asyncio's fast path
 
     def cancel(self, msg: Any = None) -> bool:
         if self._cancelled is not None or self._pending.done():
             return False
-        self._pending.remove_done_callback(self._wake)
+        self._pending.remove_done_callback(self._done)
         self._cancelled = asyncio.CancelledError() if msg is None else asyncio.CancelledError(msg)
         self._loop.call_soon(self._wake, self, context=self._context)
         return True
@@ -273,10 +281,12 @@ class _Shielded:
     def cancelled(self) -> bool:
         return self._cancelled is not None
 
-    def result(self) -> Any:
+    def result(self) -> None:
         if self._cancelled is not None:
             raise self._cancelled
-        return self._pending.result()
+
+    def __repr__(self) -> str:
+        return f"<_Shielded {self._pending!r}>"
 
 
 def _resolve(waiter: asyncio.Future[Any], _: object = None) -> None:
@@ -416,7 +426,7 @@ class _GuardedDriverObject:
     object per session, so wrappers per object would be made again for every session.)
     """
 
-    __slots__ = ("_atom_guard", "_atom_target")
+    __slots__ = ("__weakref__", "_atom_guard", "_atom_target")
 
     def __init__(self, target: Any, guard: ConnectionGuard) -> None:
         object.__setattr__(self, "_atom_target", target)
@@ -443,7 +453,7 @@ _PROXY_CLASSES: dict[type, type[_GuardedDriverObject]] = {}
 def _guard_object(target: Any, guard: ConnectionGuard) -> _GuardedDriverObject:
     proxy_class = _PROXY_CLASSES.get(type(target))
     if proxy_class is None:
-        name = f"Guarded{type(target).__name__}"
+        name = f"Guarded[{type(target).__module__}.{type(target).__qualname__}]"
         proxy_class = type(name, (_GuardedDriverObject,), {"__slots__": ()})
         _PROXY_CLASSES[type(target)] = proxy_class
     return proxy_class(target, guard)
@@ -614,6 +624,7 @@ def guarded_connector(
     closes the connection, rather than drop a half-open socket. Network-level failures to
     reach ``server`` ("host:port") become :class:`DatabaseUnavailableError`.
     """
+    _driver_object_types()  # (the guard's hot paths read _DRIVER_OBJECT_TYPES directly)
 
     async def connect_guarded(*args: Any, **kwargs: Any) -> Any:
         if server is None:  # aiosqlite: see ConnectionGuard.cursors_here

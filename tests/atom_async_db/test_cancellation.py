@@ -324,3 +324,24 @@ async def test_driver_method_wrappers_are_made_once_per_driver_class(
     monkeypatch.setattr(_guard, "_guarded_method", counted)
     await sessions()
     assert made == []
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_asyncpgs_own_error_handling_still_runs_under_the_guard(db: Database) -> None:
+    # asyncpg re-prepares a cached statement that a schema change invalidated by catching
+    # the error of its own await: the guard must wake the driver's coroutine to read its
+    # future's outcome itself, not throw that outcome past it (found by review).
+    from atom_async_db._guard import guard_of
+
+    async with db.engine.begin() as connection:
+        await connection.execute(text("drop table if exists guard_recache"))
+        await connection.execute(text("create table guard_recache (a int)"))
+        await connection.execute(text("insert into guard_recache values (1)"))
+    async with db.engine.connect() as connection:
+        raw = (await connection.get_raw_connection()).driver_connection
+        assert guard_of(raw) is not None
+        assert [tuple(row) for row in await raw.fetch("select * from guard_recache")] == [(1,)]
+        async with db.engine.begin() as other:
+            await other.execute(text("alter table guard_recache add column b int default 0"))
+        rows = await raw.fetch("select * from guard_recache")
+        assert [tuple(row) for row in rows] == [(1, 0)]

@@ -5,8 +5,8 @@ were handed; and (``_ping``) a session's BEGIN doubling as its connection's ping
 from __future__ import annotations
 
 import asyncio
+import statistics
 import threading
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -167,17 +167,29 @@ async def test_threads_take_turns_on_the_sync_pool(make_default: Any) -> None:
     assert len(served) == threads * rounds
     # First come, first served: a thread that gives its connection back and asks again
     # queues behind every thread already waiting, so about threads - 1 others get one
-    # before its next turn, never 0 (give or take a few: a turn is recorded just after it
-    # begins, and a thread can lose the GIL in between). SQLAlchemy's QueuePool lets it
-    # take the connection back at once: there, some threads cycle with gaps of 0 while
-    # others wait (measured: 0 to 27 here).
+    # before its next turn. SQLAlchemy's QueuePool lets it take the connection back at
+    # once: there, some threads cycle with gaps of 0 while others wait (measured: 0 to 27
+    # here). Only the stretch where every thread is in the game counts (a thread that
+    # starts late or ends early legitimately sees other gaps), and a few short gaps are
+    # allowed: a loaded machine can keep a thread from asking again for a while.
+    first: dict[int, int] = {}
     last: dict[int, int] = {}
-    gaps: defaultdict[int, int] = defaultdict(int)
     for position, thread in enumerate(served):
-        if thread in last:
-            gaps[thread] = max(gaps[thread], position - last[thread] - 1)
+        first.setdefault(thread, position)
         last[thread] = position
-    assert all(threads // 2 <= gap <= 2 * threads for gap in gaps.values()), dict(gaps)
+    begin, end = max(first.values()), min(last.values())
+    previous: dict[int, int] = {}
+    gaps: list[int] = []
+    for position in range(begin, end + 1):
+        thread = served[position]
+        if thread in previous:
+            gaps.append(position - previous[thread] - 1)
+        previous[thread] = position
+    # (SQLAlchemy's QueuePool fails here: threads finish all their turns before others
+    # have had one.)
+    assert len(gaps) >= 2 * threads, f"threads served while others starved: {served}"
+    assert statistics.median(gaps) >= threads // 2, gaps
+    assert sum(gap < threads // 4 for gap in gaps) <= len(gaps) // 10, gaps
     await assert_no_leaks(database)
 
 
