@@ -86,6 +86,7 @@ class ConnectionGuard:
         # cursors, a rollback with no transaction open) runs on the loop's thread, not by
         # a trip to the connection's thread (see _here_calls).
         self.cursors_here = cursors_here
+        _driver_object_types()  # (the hot paths read _DRIVER_OBJECT_TYPES directly)
 
     async def commit(self, commit: Awaitable[Any]) -> Any:
         """Run a COMMIT; a connection lost meanwhile, or a COMMIT still running when a
@@ -254,7 +255,7 @@ class _Shielded:
         self._pending = pending
         self._loop = pending._loop  # (asyncio reads it where there is no get_loop())
         self._asyncio_future_blocking = True
-        self._cancelled: asyncio.CancelledError | None = None
+        self._cancelled: tuple[Any, ...] | None = None  # the CancelledError's arguments
 
     def add_done_callback(self, wake: Callable[[Any], object], *, context: Any = None) -> None:
         self._wake = wake
@@ -271,7 +272,7 @@ class _Shielded:
         if self._cancelled is not None or self._pending.done():
             return False
         self._pending.remove_done_callback(self._done)
-        self._cancelled = asyncio.CancelledError() if msg is None else asyncio.CancelledError(msg)
+        self._cancelled = () if msg is None else (msg,)
         self._loop.call_soon(self._wake, self, context=self._context)
         return True
 
@@ -283,7 +284,9 @@ class _Shielded:
 
     def result(self) -> None:
         if self._cancelled is not None:
-            raise self._cancelled
+            # A new error each time: one kept here would hold this object, and so the
+            # task's wake-up and the task, through its traceback (a cycle only the GC ends).
+            raise asyncio.CancelledError(*self._cancelled)
 
     def __repr__(self) -> str:
         return f"<_Shielded {self._pending!r}>"
@@ -418,12 +421,13 @@ def _is_connection_loss(error: BaseException) -> bool:
 
 class _GuardedDriverObject:
     """A driver object (connection, prepared statement, transaction, cursor) whose awaitable
-    results run through a :class:`ConnectionGuard`; everything else passes through.
+    results run through a :class:`ConnectionGuard`; everything else passes through, setting
+    and deleting attributes included.
 
     Each driver class gets a subclass of its own (made by :func:`_guard_object`), which
-    keeps the wrapper of a method once it has been used: later calls, on any object of
-    that class, find it without going through ``__getattr__``. (A transaction is a new
-    object per session, so wrappers per object would be made again for every session.)
+    keeps a :class:`_GuardedMethod` for a method once it has been used: later calls, on any
+    object of that class, find it without going through ``__getattr__``. (A transaction is
+    a new object per session, so wrappers per object would be made again for every session.)
     """
 
     __slots__ = ("__weakref__", "_atom_guard", "_atom_target")
@@ -436,12 +440,16 @@ class _GuardedDriverObject:
         value = getattr(self._atom_target, name)
         if not inspect.ismethod(value):  # attributes, and callable objects such as the
             return value  # sqlite3 connection behind aiosqlite's ``_conn``
-        wrapper = _guarded_method(name, value)
-        setattr(type(self), name, wrapper)
-        return wrapper.__get__(self)
+        method = _GuardedMethod(name, value)
+        if not name.startswith("__"):  # (on the class, a special method would change what
+            setattr(type(self), name, method)  # the interpreter does with every proxy)
+        return method.__get__(self)
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._atom_target, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(self._atom_target, name)
 
     def __repr__(self) -> str:
         return f"<guarded {self._atom_target!r}>"
@@ -459,20 +467,40 @@ def _guard_object(target: Any, guard: ConnectionGuard) -> _GuardedDriverObject:
     return proxy_class(target, guard)
 
 
+class _GuardedMethod:
+    """Driver method ``name`` as its proxy class holds it. Reading it from a proxy looks the
+    method up on the driver object at that moment, as a bound method would be: a method
+    saved before the driver object's was replaced (instrumentation, ``monkeypatch``) still
+    calls the one it saved. What replaced it, if not a method, is handed out as it is."""
+
+    __slots__ = ("_call", "_name")
+
+    def __init__(self, name: str, method: Any) -> None:
+        self._name = name
+        self._call = _guarded_method(name, method)
+
+    def __get__(self, proxy: _GuardedDriverObject | None, owner: Any = None) -> Any:
+        if proxy is None:
+            return self
+        method = getattr(proxy._atom_target, self._name)
+        if type(method) is not types.MethodType:
+            return method
+        return functools.partial(self._call, proxy._atom_guard, method)
+
+
 def _guarded_method(name: str, method: Any) -> Callable[..., Any]:
-    """The wrapper of driver method ``name`` (``method``: one object's, to look at)."""
+    """The guarded call of driver method ``name`` (``method``: one object's, to look at)."""
     commit = name == "commit"
 
-    def call(self: _GuardedDriverObject, *args: Any, **kwargs: Any) -> Any:
-        guard = self._atom_guard
-        result = getattr(self._atom_target, name)(*args, **kwargs)
+    def call(guard: ConnectionGuard, method: Any, *args: Any, **kwargs: Any) -> Any:
+        result = method(*args, **kwargs)
         if type(result) is not types.CoroutineType:  # (driver calls mostly are coroutines)
             if not hasattr(result, "__await__"):
                 return _guarded(result, guard)
             if hasattr(result, "__aenter__"):
                 return _GuardedContext(result, guard, name)
         if _REARMED_REFS and guard.takes_cancellation(name):
-            rollback = getattr(self._atom_target, "rollback", None) if commit else None
+            rollback = getattr(method.__self__, "rollback", None) if commit else None
             return guard.deliver_cancellation(result, rollback)
         return guard.commit(result) if commit else guard.run(result)
 
@@ -480,14 +508,12 @@ def _guarded_method(name: str, method: Any) -> Callable[..., Any]:
     if here is not None and isinstance(method.__self__, here[0]):
         answer_here = here[1]
 
-        def call_here(self: _GuardedDriverObject, *args: Any, **kwargs: Any) -> Any:
-            if self._atom_guard.cursors_here:
-                return answer_here(self._atom_target, self._atom_guard)
-            return call(self, *args, **kwargs)
+        def call_here(guard: ConnectionGuard, method: Any, *args: Any, **kwargs: Any) -> Any:
+            if guard.cursors_here:
+                return answer_here(method.__self__, guard)
+            return call(guard, method, *args, **kwargs)
 
-        call_here.__name__ = call_here.__qualname__ = name
         return call_here
-    call.__name__ = call.__qualname__ = name
     return call
 
 
@@ -624,7 +650,6 @@ def guarded_connector(
     closes the connection, rather than drop a half-open socket. Network-level failures to
     reach ``server`` ("host:port") become :class:`DatabaseUnavailableError`.
     """
-    _driver_object_types()  # (the guard's hot paths read _DRIVER_OBJECT_TYPES directly)
 
     async def connect_guarded(*args: Any, **kwargs: Any) -> Any:
         if server is None:  # aiosqlite: see ConnectionGuard.cursors_here

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,83 @@ async def test_driver_method_wrappers_are_made_once_per_driver_class(
     monkeypatch.setattr(_guard, "_guarded_method", counted)
     await sessions()
     assert made == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite_file"], indirect=True)
+async def test_a_driver_method_can_be_wrapped_and_patched_on_a_guarded_connection(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Instrumentation saves a method and puts a wrapper in its place; monkeypatch undoes by
+    # deleting. The saved method must call the driver's own (not recurse through the
+    # wrapper), and the undo must bring it back (found by review of the per-class
+    # wrappers). aiosqlite's; asyncpg's Connection has no room for either.
+    async with db.engine.connect() as connection:
+        raw = (await connection.get_raw_connection()).driver_connection
+        calls: list[str] = []
+        original = raw.execute
+
+        async def counted(sql: str) -> Any:
+            calls.append(sql)
+            return await original(sql)
+
+        raw.execute = counted
+        cursor = await raw.execute("select 1")
+        assert await cursor.fetchall() == [(1,)] and calls == ["select 1"]
+        await cursor.close()
+        del raw.execute  # the driver's own method again
+
+        async def failing(sql: str) -> Any:
+            raise OSError("injected")
+
+        monkeypatch.setattr(raw, "execute", failing)
+        with pytest.raises(OSError, match="injected"):
+            await raw.execute("select 1")
+        monkeypatch.undo()
+        cursor = await raw.execute("select 2")
+        assert await cursor.fetchall() == [(2,)] and calls == ["select 1"]
+        await cursor.close()
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_a_cancelled_driver_call_leaves_no_reference_cycle(db: Database) -> None:
+    # Without the cyclic GC, a task cancelled in a driver call must be freed when its last
+    # reference goes: the guard's wait once kept the CancelledError, whose traceback held
+    # the wait, which held the task (found by review). (PostgreSQL only: on SQLite the
+    # cancellation lands in the statement's next driver call, inside SQLAlchemy's
+    # execute, whose error handling keeps a cycle of its own: a frame holding
+    # sys.exc_info() of the error it re-raises. A plain AsyncSession has that one too.)
+    statement = SLOW[db.settings.dialect]
+    in_statement = asyncio.Event()
+    event.listen(db.engine.sync_engine, "before_cursor_execute", lambda *_: in_statement.set())
+
+    async def unit() -> None:
+        async with db.get_async_db_session() as session:
+            await session.execute(text(statement))
+
+    await unit()  # (connected, statement prepared)
+    in_statement.clear()
+    gc.collect()
+    gc.disable()
+    try:
+        task = asyncio.create_task(unit())
+        await in_statement.wait()  # the task now waits for the driver
+        task.cancel()
+        try:
+            await task  # (which takes the cancellation the task keeps, as awaiting does)
+        except asyncio.CancelledError:
+            pass
+        else:
+            pytest.fail("the task was not cancelled")
+        freed = weakref.ref(task)
+        del task
+        for _ in range(10):  # (callbacks already scheduled may still hold it for a turn)
+            if freed() is None:
+                break
+            await asyncio.sleep(0)
+        assert freed() is None, "the cancelled task is kept alive by a reference cycle"
+    finally:
+        gc.enable()
+    await assert_no_leaks(db)
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
