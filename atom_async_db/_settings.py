@@ -19,6 +19,7 @@ from typing import Any, Literal
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from ._masking import mask_mapping, mask_url
 from .exceptions import ConfigurationError, DriverNotInstalledError, EmbeddedDatabaseError
 
 logger = logging.getLogger("atom_async_db")
@@ -46,15 +47,6 @@ ACCEPTED_URL_FORMS = (
 _ASYNCPG_QUERY_RENAMES = {"sslmode": "ssl", "connect_timeout": "timeout"}
 #: asyncpg connect() arguments in seconds, which it needs as numbers (a URL gives strings).
 ASYNCPG_SECONDS = ("timeout", "command_timeout")
-
-
-def mask_url(url: str | URL) -> str:
-    """Render a database URL for humans: the password is always replaced by ``***``."""
-    if isinstance(url, URL):
-        text = url.render_as_string(hide_password=True)
-    else:  # an unparsable string still must not leak what sits between "user:" and "@"
-        text = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", text)  # libpq takes it there too
 
 
 # --------------------------------------------------------------------------- options
@@ -221,6 +213,17 @@ class Settings:
     def display_url(self) -> str:
         return mask_url(self.url)
 
+    def __repr__(self) -> str:
+        shown = {
+            name: mask_url(value)
+            if isinstance(value, URL)
+            else mask_mapping(value)
+            if isinstance(value, Mapping)
+            else value
+            for name, value in vars(self).items()
+        }
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
+
 
 def _resolve_url(url: str | URL | None, environ: Mapping[str, str]) -> str | URL:
     if url is not None:
@@ -249,6 +252,53 @@ def _unsupported(raw: str | URL, reason: str) -> ConfigurationError:
     )
 
 
+# A host name, an IP address (v6 without its brackets, perhaps with a zone), a user name.
+_PLAUSIBLE = re.compile(r"[\w.:%+-]*")
+
+
+def _parse_url(raw: str | URL) -> URL:
+    """``make_url(raw)``, or a :class:`ConfigurationError` that says what is wrong with it.
+
+    Raised outside the ``except`` block: the parser's own error, which may quote the
+    password (a non-numeric "port"), must not ride along as the context.
+    """
+    url: URL | None = raw if isinstance(raw, URL) else None
+    if url is None:
+        try:
+            url = make_url(raw)
+        except (ArgumentError, ValueError, TypeError):
+            pass
+    # The parser takes the last '@' of the text as the end of the user info (an '@' in the
+    # query moves it), and the host is whatever follows: a host or user name that no server
+    # could have is a misreading, and may hold part of the password.
+    if url is None or not all(
+        _PLAUSIBLE.fullmatch(part) for part in (url.host, url.username) if part is not None
+    ):
+        raise _unsupported(raw, _why_unparsable(str(raw)))
+    return url
+
+
+def _why_unparsable(text: str) -> str:
+    if "://" not in text:
+        if "=" in text and not text.lstrip().lower().startswith(("postgres", "sqlite")):
+            why = (
+                "it looks like a libpq keyword/value string (host=... dbname=...), not a URL; "
+                "write it as postgresql://user:password@host:port/dbname"
+            )
+        else:
+            why = "there is no '://' after the scheme"
+    elif text.count("@") > 1:
+        why = "it has more than one '@'; percent-encode an '@' in the password as %40"
+    elif any(c.isspace() for c in text.strip()):
+        why = "it contains whitespace; percent-encode a space in the password as %20"
+    else:
+        why = (
+            "the port must be a number, and '/', '?', '#', '@' and ':' in the user name or "
+            "password must be percent-encoded"
+        )
+    return f"it could not be parsed ({why})"
+
+
 def _require(module: str, what: str, install: str) -> None:
     try:
         __import__(module)
@@ -262,16 +312,25 @@ def _normalise_url(raw: str | URL) -> tuple[URL, URL, Dialect, bool]:
     """(async URL, sync URL, dialect, in-memory) for a URL as users write it."""
     if not isinstance(raw, (str, URL)):
         raise ConfigurationError(f"the database URL must be a string, got {type(raw).__name__}")
-    try:
-        url = make_url(raw)
-    except ArgumentError:
-        raise _unsupported(raw, "it could not be parsed") from None
+    url = _parse_url(raw)
     backend, _, driver = url.drivername.partition("+")
     if backend in {"postgresql", "postgres"}:
         if driver and driver not in _POSTGRES_DRIVERS:
             raise _unsupported(raw, f"unknown PostgreSQL driver {driver!r}")
-        if not url.database:
-            raise _unsupported(raw, "it names no database")
+        other_secrets = [key for key in url.query if "pass" in key.lower() and key != "password"]
+        if other_secrets:
+            raise _unsupported(
+                raw,
+                f"its query sets {', '.join(map(repr, other_secrets))}, which this library does "
+                "not pass on (names are case-sensitive); the login password goes in the user "
+                "info (postgresql://user:password@host/dbname) or as ?password=",
+            )
+        if "password" in url.query:
+            # libpq reads a password from the query too; kept there, SQLAlchemy would show
+            # it in every repr of the URL and the engine, so it moves where it is hidden.
+            url = url.set(password=url.query["password"]).difference_update_query(["password"])
+        # No database name: asyncpg and libpq both default it (PGDATABASE, else the user
+        # name), so it is left to them.
         _require("asyncpg", "PostgreSQL", "'atom_async_db[postgres]'")
         libpq_names = {v: k for k, v in _ASYNCPG_QUERY_RENAMES.items()}
         async_query = {_ASYNCPG_QUERY_RENAMES.get(k, k): v for k, v in url.query.items()}
@@ -289,6 +348,12 @@ def _normalise_url(raw: str | URL) -> tuple[URL, URL, Dialect, bool]:
     if backend == "sqlite":
         if driver and driver not in _SQLITE_DRIVERS:
             raise _unsupported(raw, f"unknown SQLite driver {driver!r}")
+        if url.username or url.password or url.host or "password" in url.query:
+            raise _unsupported(
+                raw,
+                "a SQLite URL names a file, and has no user, password or host "
+                "(sqlite:///relative/path.db, sqlite:////absolute/path.db)",
+            )
         _require("aiosqlite", "SQLite", "aiosqlite")
         database = url.database or ""
         if database in {"", ":memory:"}:
@@ -360,7 +425,7 @@ def build_settings(
     if engine_options is not None and not isinstance(engine_options, Mapping):
         raise ConfigurationError(
             "engine_options must be a mapping of create_async_engine() keywords, "
-            f"got {engine_options!r}"
+            f"got {type(engine_options).__name__}"
         )
     return Settings(
         url=async_url,

@@ -27,7 +27,8 @@ from sqlalchemy import func, select, text
 
 import atom_async_db
 from atom_async_db import Database
-from atom_async_db._settings import build_settings, mask_url
+from atom_async_db._masking import mask_url
+from atom_async_db._settings import build_settings
 
 from ._report import table, write_results
 from ._runner import Cell, median_cell, run_cell

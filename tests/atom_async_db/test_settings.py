@@ -6,6 +6,9 @@ import logging
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 from atom_async_db import (
     ConfigurationError,
@@ -133,7 +136,10 @@ def test_memory_urls_become_a_named_shared_database(url: str) -> None:
         ("postgresql+pg8000://u:s3cret@h/db", "unknown PostgreSQL driver 'pg8000'"),
         ("sqlite+pysqlcipher:///x.db", "unknown SQLite driver 'pysqlcipher'"),
         ("not a url://u:s3cret@", "could not be parsed"),
-        ("postgresql://u:s3cret@h", "names no database"),
+        ("postgresql+asyncpg//u:s3cret@127.0.0.1", "no '://' after the scheme"),
+        ("postgresql://u:s3cret", "the port must be a number"),
+        ("postgresql://u:s3@cret@h/db", "percent-encode an '@' in the password as %40"),
+        ("host=h user=u password=s3cret", "libpq keyword/value string"),
     ],
 )
 def test_bad_urls_are_named_masked_and_explained(url: str, complaint: str) -> None:
@@ -262,3 +268,17 @@ def test_production_setting_forbids_the_fallback(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("ATOM_DB_REQUIRE_URL", "1")
     with pytest.raises(EmbeddedDatabaseError, match="DATABASE_URL is not set"):
         get_database()
+
+
+async def test_a_postgresql_url_without_a_database_uses_the_user_name_like_libpq(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PGDATABASE", raising=False)
+    server = make_url(postgres_url)
+    url = f"postgresql+asyncpg://postgres@{server.host}:{server.port}"  # no /dbname
+    database = Database(url)
+    async with database.get_async_db_session() as session:
+        assert await session.scalar(text("select current_database()")) == "postgres"
+    with Session(database.sync_engine) as session:  # the legacy layer's engine too
+        assert session.scalar(text("select current_database()")) == "postgres"
+    await database.dispose()
