@@ -101,6 +101,14 @@ def get_async_db_session(
 
         async with get_async_db_session(isolation_level="SERIALIZABLE") as db:
             ...
+
+    A block that would join may ask only for options its outer transaction already has.
+
+    Raises:
+        ConfigurationError: an option is invalid, or not available on SQLite.
+        SessionNestingError: the block would join an outer transaction that lacks its
+            options, or is ``independent=True`` on SQLite while the outer block holds a
+            transaction.
     """
     return get_database().get_async_db_session(
         independent=independent,

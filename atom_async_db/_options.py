@@ -83,6 +83,33 @@ class SessionOptions:
             isolation_level = None
         return cls(isolation_level, read_only, statement_timeout, lock_timeout)
 
+    def held_by(self, transaction: SessionOptions) -> bool:
+        """Whether a transaction opened with ``transaction`` already has every option set
+        here, so a block asking for these may join it."""
+        return all(
+            not mine or mine == theirs
+            for mine, theirs in (
+                (self.isolation_level, transaction.isolation_level),
+                (self.read_only, transaction.read_only),
+                (self.statement_timeout, transaction.statement_timeout),
+                (self.lock_timeout, transaction.lock_timeout),
+            )
+        )
+
+    def describe(self) -> str:
+        """The options for a message: ``isolation_level='SERIALIZABLE', read_only=True``."""
+        shown = [
+            f"{name}={value!r}"
+            for name, value in (
+                ("isolation_level", self.isolation_level),
+                ("read_only", self.read_only),
+                ("statement_timeout", self.statement_timeout),
+                ("lock_timeout", self.lock_timeout),
+            )
+            if value
+        ]
+        return ", ".join(shown) or "no options"
+
     def __bool__(self) -> bool:
         return bool(
             self.isolation_level or self.read_only or self.statement_timeout or self.lock_timeout

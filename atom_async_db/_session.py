@@ -46,7 +46,7 @@ from ._cleanup import run_to_completion
 from ._guard import cancellation_rearmed, deliver_rearmed_cancellation
 from ._hooks import NESTED, TEST_ROOT, hand_over_hooks, run_ready_hooks
 from ._hooks import install as install_hooks
-from ._options import SessionOptions
+from ._options import NO_OPTIONS, SessionOptions
 from ._ping import BEGIN_ON_CHECKOUT
 from .exceptions import (
     ConcurrentSessionUseError,
@@ -276,6 +276,8 @@ class ActiveScope:
 
     owner: object
     session: AsyncSession | Session
+    options: SessionOptions = NO_OPTIONS
+    """The options of the transaction the scope is in (a joining scope's are its outer's)."""
 
 
 def _restore(variable: ContextVar[ActiveScope | None], token: Token[ActiveScope | None]) -> None:
@@ -328,6 +330,7 @@ class SessionScope:
         # joined: its connection is a sync driver's.)
         if active is not None and active.owner is task and isinstance(active.session, AsyncSession):
             outer = active.session
+        options = self._options or NO_OPTIONS  # the options of the transaction it will be in
         pinned = database._test_transaction
         if pinned is not None and pinned.connection is None:
             raise TestIsolationError(
@@ -336,11 +339,13 @@ class SessionScope:
                 "test database for real. Test async code with async_db_session."
             )
         if outer is not None and (not self._independent or pinned is not None):
-            if self._options and pinned is None:
+            assert active is not None
+            if pinned is None and options and not options.held_by(active.options):
                 raise SessionNestingError(
-                    "session options (isolation level, read-only, timeouts) apply to a "
-                    "transaction of its own, and this block would join its task's outer "
-                    "transaction: set them on the outer session, or pass independent=True"
+                    f"this block asks for {options.describe()} and would join its task's "
+                    f"outer transaction, which has {active.options.describe()}: set "
+                    "the options on the outermost session block, or pass independent=True "
+                    "for a transaction of its own"
                 )
             # The inner block must see what the outer one has done so far. (Inside a test
             # transaction, independent blocks join too: nothing there is really committed.)
@@ -348,6 +353,7 @@ class SessionScope:
             connection = await outer.connection()
             session = database._sessionmaker(bind=connection, **NESTED_SESSION)
             self._outer = outer
+            options = active.options
         elif pinned is not None:
             self._turn = await _take_turn(pinned, database)
             session = database._sessionmaker(bind=pinned.connection, **TEST_ROOT_SESSION)
@@ -368,7 +374,7 @@ class SessionScope:
             # unless options are to be set on the connection before it begins.
             session.sync_session.begin_at_checkout = not self._options  # type: ignore[attr-defined]
         self._session = session
-        self._token = database._active.set(ActiveScope(task, session))
+        self._token = database._active.set(ActiveScope(task, session, options))
         # Inside a test transaction the options cannot apply (it has begun long ago).
         if self._options and self._outer is None and self._turn is None:
             try:

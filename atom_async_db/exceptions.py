@@ -99,6 +99,10 @@ class NoEventLoopError(AtomDBError, RuntimeError):
 class SessionNestingError(AtomDBError, RuntimeError):
     """A nested session cannot be opened the way it was asked for.
 
+    Raised when a block that would join its task's outer transaction asks for options
+    (isolation level, read-only, timeouts) that transaction does not have: set them on the
+    outermost block, or pass ``independent=True`` (PostgreSQL).
+
     Raised for ``get_async_db_session(independent=True)`` on SQLite while the same task's
     outer session holds a transaction: SQLite runs one transaction at a time, so the
     independent session would wait for the outer one, which waits for it.

@@ -56,13 +56,38 @@ async def test_each_option_applies_and_does_not_leak(make_default: MakeDefault) 
 
 
 @POSTGRES
-async def test_options_on_a_block_that_would_join_are_refused(db: Database) -> None:
-    async with db.get_async_db_session():
-        with pytest.raises(SessionNestingError, match="independent=True"):
+async def test_a_joining_block_may_ask_only_for_options_its_transaction_has(db: Database) -> None:
+    async with db.get_async_db_session() as outer:
+        with pytest.raises(SessionNestingError, match="independent=True") as raised:
             async with db.get_async_db_session(read_only=True):
                 pass
+        assert "read_only=True" in str(raised.value) and "no options" in str(raised.value)
         async with db.get_async_db_session(independent=True, read_only=True) as own:
             assert await own.scalar(text("show transaction_read_only")) == "on"
+        await outer.execute(text("select 1"))
+    async with db.get_async_db_session(isolation_level="SERIALIZABLE", read_only=True) as outer:
+        pid = await outer.scalar(text("select pg_backend_pid()"))
+        for same in ({"isolation_level": "serializable"}, {"read_only": True}, {}):
+            async with db.get_async_db_session(**same) as inner:  # joins: the same backend
+                assert await inner.scalar(text("select pg_backend_pid()")) == pid
+                assert await inner.scalar(text("show transaction_isolation")) == "serializable"
+        with pytest.raises(SessionNestingError, match="lock_timeout=1"):
+            async with db.get_async_db_session(read_only=True, lock_timeout=1):
+                pass
+
+
+@pytest.mark.parametrize("backend", ["sqlite_file", "sqlite_memory"], indirect=True)
+async def test_serializable_joins_on_sqlite_where_every_transaction_is(db: Database) -> None:
+    async with db.get_async_db_session() as outer:
+        await outer.execute(text("create table joined (id int)"))
+        async with db.get_async_db_session(isolation_level="SERIALIZABLE") as inner:
+            await inner.execute(text("insert into joined values (1)"))
+        # joined: the inner block's row is in the outer transaction, not committed yet
+        assert outer.in_transaction()
+        assert await outer.scalar(text("select count(*) from joined")) == 1
+    async with db.get_async_db_session() as session:
+        assert await session.scalar(text("select count(*) from joined")) == 1
+        await session.execute(text("drop table joined"))
 
 
 @POSTGRES
