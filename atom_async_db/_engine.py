@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import Pool
 
-from ._guard import guarded_connector, install_cancellation_rules
+from ._guard import guarded_connector, install_cancellation_rules, install_commit_outcome_rule
 from ._ping import install_checkout_ping
 from ._pool import FairAsyncPool, FairPool
 from ._settings import ASYNCPG_SECONDS, Settings
@@ -150,6 +150,8 @@ def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None =
     engine = create_engine(url, **options)
     if settings.dialect == "sqlite":
         apply_sqlite_rules(engine, settings, sync=True)
+    else:  # (SQLite runs in the process: it has no COMMIT in flight to lose)
+        install_commit_outcome_rule(engine)
     return engine
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import anyio
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, ExceptionContext
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
 
 from .exceptions import CommitOutcomeUnknownError, DatabaseUnavailableError
 
@@ -50,8 +50,10 @@ __all__ = [
     "ConnectionGuard",
     "cancellation_rearmed",
     "deliver_rearmed_cancellation",
+    "commit_outcome_unknown",
     "guarded_connector",
     "install_cancellation_rules",
+    "install_commit_outcome_rule",
 ]
 
 # Calls that put a connection back at rest: a cancellation never stops them.
@@ -724,14 +726,48 @@ def install_cancellation_rules(engine: Engine) -> None:
         elif guard.commit_outcome_unknown:
             guard.commit_outcome_unknown = False
             context.is_disconnect = True
-            unknown = CommitOutcomeUnknownError(
-                "COMMIT", None, original, connection_invalidated=True
-            )
-            unknown.add_note(COMMIT_OUTCOME_UNKNOWN_NOTE)
-            return unknown
+            return commit_outcome_unknown(original)
         elif context.sqlalchemy_exception is not None and _is_connection_loss(
             original.__cause__ or original
         ):
             context.is_disconnect = True  # never hand this connection out again
             context.sqlalchemy_exception.add_note(CONNECTION_LOST_NOTE)
         return None
+
+
+def commit_outcome_unknown(original: BaseException) -> CommitOutcomeUnknownError:
+    """The error for a COMMIT whose connection was lost in flight (``original``: the
+    driver's error)."""
+    unknown = CommitOutcomeUnknownError("COMMIT", None, original, connection_invalidated=True)
+    unknown.add_note(COMMIT_OUTCOME_UNKNOWN_NOTE)
+    return unknown
+
+
+def install_commit_outcome_rule(engine: Engine) -> None:
+    """Make ``engine`` (the legacy layer's sync engine) report a connection lost while
+    COMMIT was in flight as :class:`CommitOutcomeUnknownError`, as the async engines do.
+
+    SQLAlchemy fires the ``commit`` event just before it sends COMMIT, and reports a
+    failure of the COMMIT through ``handle_error`` straight after; the mark set between
+    the two is cleared when the connection begins or rolls back.
+    """
+    committing: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+    @event.listens_for(engine, "commit")
+    def _mark(connection: Connection) -> None:
+        committing.add(connection)
+
+    @event.listens_for(engine, "begin")
+    @event.listens_for(engine, "rollback")
+    def _unmark(connection: Connection) -> None:
+        committing.discard(connection)
+
+    @event.listens_for(engine, "handle_error")
+    def _report(context: ExceptionContext) -> BaseException | None:
+        connection = context.connection
+        if connection is None or connection not in committing:
+            return None
+        committing.discard(connection)
+        if not context.is_disconnect:  # the server answered: the outcome is known
+            return None
+        return commit_outcome_unknown(context.original_exception)
