@@ -20,7 +20,7 @@ from ._default import (
 from ._hooks import on_commit, savepoint
 from ._retry import is_conflict, retry_on_conflict
 from ._settings import EMBEDDED_DATABASE_FILENAME
-from ._workers import ItemOutcome, run_each
+from ._workers import ItemOutcome, run_each, stream_each
 from .exceptions import (
     AtomDBError,
     AtomDBWarning,
@@ -71,6 +71,7 @@ __all__ = [
     "retry_on_conflict",
     "run_each",
     "savepoint",
+    "stream_each",
     "transaction_dependency",
 ]
 

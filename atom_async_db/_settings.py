@@ -6,6 +6,7 @@ Precedence: explicit keyword > environment variable > per-dialect default.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
 import os
@@ -264,10 +265,8 @@ def _parse_url(raw: str | URL) -> URL:
     """
     url: URL | None = raw if isinstance(raw, URL) else None
     if url is None:
-        try:
+        with contextlib.suppress(ArgumentError, ValueError, TypeError):
             url = make_url(raw)
-        except (ArgumentError, ValueError, TypeError):
-            pass
     # The parser takes the last '@' of the text as the end of the user info (an '@' in the
     # query moves it), and the host is whatever follows: a host or user name that no server
     # could have is a misreading, and may hold part of the password.
@@ -328,7 +327,10 @@ def _normalise_url(raw: str | URL) -> tuple[URL, URL, Dialect, bool]:
         if "password" in url.query:
             # libpq reads a password from the query too; kept there, SQLAlchemy would show
             # it in every repr of the URL and the engine, so it moves where it is hidden.
-            url = url.set(password=url.query["password"]).difference_update_query(["password"])
+            password = url.query["password"]
+            if not isinstance(password, str):  # ?password=a&password=b
+                raise _unsupported(raw, "its query sets password more than once")
+            url = url.set(password=password).difference_update_query(["password"])
         # No database name: asyncpg and libpq both default it (PGDATABASE, else the user
         # name), so it is left to them.
         _require("asyncpg", "PostgreSQL", "'atom_async_db[postgres]'")

@@ -1,9 +1,11 @@
 """Background workers: many items processed concurrently, one session per item, with a bound
-on concurrency that keeps the pool free for everything else."""
+on concurrency that keeps the pool free for everything else; outcomes as a list (finite
+sources) or as a stream (endless ones, in bounded memory)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ._database import Database
 from ._default import get_database
 
-__all__ = ["ItemOutcome", "run_each"]
+__all__ = ["ItemOutcome", "run_each", "stream_each"]
 
 logger = logging.getLogger("atom_async_db")
 
@@ -24,8 +26,8 @@ _Result = TypeVar("_Result")
 
 @dataclass(frozen=True)
 class ItemOutcome(Generic[_Item, _Result]):
-    """What :func:`run_each` did with one item: its result, or the error that rolled back
-    its session."""
+    """What :func:`run_each` (or :func:`stream_each`) did with one item: its result, or the
+    error that rolled back its session."""
 
     item: _Item
     result: _Result | None = None
@@ -43,14 +45,14 @@ async def run_each(
     limit: int | None = None,
     database: Database | None = None,
 ) -> list[ItemOutcome[_Item, _Result]]:
-    """Run ``await fn(session, item)`` for every item, each in a session of its own that
-    commits when ``fn`` returns and rolls back when it raises, at most ``limit`` at a time.
+    """Run ``await fn(session, item)`` for every item of a finite ``items``, each in a
+    session of its own that commits when ``fn`` returns and rolls back when it raises, at
+    most ``limit`` at a time; return every outcome, in the order of ``items``.
 
     ``limit`` defaults to half the pool (``pool_size // 2``, at least 1), so a worker never
     takes every connection from the web routes sharing the process. A failing item rolls
     back only its own session, is logged and reported in its :class:`ItemOutcome`; the
-    others go on. Outcomes come back in the order of ``items``. Items are pulled as
-    workers free up, so ``items`` may be a large or endless (async) iterator::
+    others go on. Items are pulled as workers free up; ``items`` may be async::
 
         async def send_invoice(db: AsyncSession, order_id: int) -> None:
             order = await db.get(Order, order_id)
@@ -59,19 +61,78 @@ async def run_each(
         outcomes = await run_each(order_ids, send_invoice)
         failed = [o for o in outcomes if not o.ok]
 
-    Cancelling ``run_each`` cancels the items in flight; their sessions roll back.
+    Every outcome is kept until the end: for an endless source (a queue), use
+    :func:`stream_each`. Cancelling ``run_each`` cancels the items in flight; their
+    sessions roll back.
+
+    Raises:
+        ValueError: ``limit`` is below 1.
     """
+    outcomes: dict[int, ItemOutcome[_Item, _Result]] = {}
+    async with contextlib.aclosing(_outcomes(items, fn, limit, database)) as finished:
+        async for index, outcome in finished:
+            outcomes[index] = outcome
+    return [outcomes[index] for index in sorted(outcomes)]
+
+
+async def stream_each(
+    items: Iterable[_Item] | AsyncIterable[_Item],
+    fn: Callable[[AsyncSession, _Item], Awaitable[_Result]],
+    *,
+    limit: int | None = None,
+    database: Database | None = None,
+) -> AsyncGenerator[ItemOutcome[_Item, _Result], None]:
+    """:func:`run_each` for sources that never end (a queue, a stream of jobs): each
+    :class:`ItemOutcome` is yielded as its item finishes, and nothing is kept.
+
+    Memory stays bounded by ``limit``: at most ``limit`` items are in flight or finished
+    and not yet read, so a consumer that falls behind holds the workers back instead of
+    letting outcomes pile up. Close it with ``contextlib.aclosing`` so that leaving the
+    loop early stops it at once::
+
+        from contextlib import aclosing
+
+        async with aclosing(stream_each(jobs(), handle_job, limit=4)) as outcomes:
+            async for outcome in outcomes:
+                if outcome.ok:
+                    await acknowledge(outcome.item)
+
+    Stopping (cancelling the consumer, leaving the loop, closing the generator) cancels
+    the items in flight: each one's session rolls back, so an item is either committed
+    whole or not at all, and the stop returns once they are all back. Items that finished
+    before it are committed, whether or not their outcome was read.
+
+    Raises:
+        ValueError: ``limit`` is below 1.
+    """
+    async with contextlib.aclosing(_outcomes(items, fn, limit, database)) as finished:
+        async for _, outcome in finished:
+            yield outcome
+
+
+async def _outcomes(
+    items: Iterable[_Item] | AsyncIterable[_Item],
+    fn: Callable[[AsyncSession, _Item], Awaitable[_Result]],
+    limit: int | None,
+    database: Database | None,
+) -> AsyncGenerator[tuple[int, ItemOutcome[_Item, _Result]], None]:
+    """``(position in items, outcome)`` as items finish: the one logic of both forms."""
     database = database or get_database()
     if limit is None:
         limit = max(1, database.settings.pool_size // 2)
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    outcomes: dict[int, ItemOutcome[_Item, _Result]] = {}
     source = _numbered(items)
     pulling = asyncio.Lock()  # one worker at a time pulls the next item
+    # A worker takes room for an item's outcome before it pulls the item, and the room is
+    # given back when the outcome is read: in flight plus unread never exceeds ``limit``.
+    room = asyncio.Semaphore(limit)
+    finished: asyncio.Queue[tuple[int, ItemOutcome[_Item, _Result]] | asyncio.Task[None]]
+    finished = asyncio.Queue()
 
     async def worker() -> None:
         while True:
+            await room.acquire()
             async with pulling:
                 numbered = await anext(source, None)
             if numbered is None:
@@ -82,17 +143,30 @@ async def run_each(
                     result = await fn(session, item)
             except Exception as error:
                 logger.warning("run_each: item %r failed and was rolled back: %r", item, error)
-                outcomes[index] = ItemOutcome(item, error=error)
+                finished.put_nowait((index, ItemOutcome(item, error=error)))
             else:
-                outcomes[index] = ItemOutcome(item, result=result)
+                finished.put_nowait((index, ItemOutcome(item, result=result)))
 
+    workers = [asyncio.create_task(worker()) for _ in range(limit)]
+    for task in workers:
+        task.add_done_callback(finished.put_nowait)  # "this worker is done"
     try:
-        async with asyncio.TaskGroup() as group:
-            for _ in range(limit):
-                group.create_task(worker())
+        running = limit
+        while running:
+            entry = await finished.get()
+            if isinstance(entry, asyncio.Task):
+                running -= 1
+                if not entry.cancelled() and entry.exception() is not None:
+                    raise entry.exception()  # type: ignore[misc]  # the source failed
+                continue
+            room.release()
+            yield entry
     finally:
+        for task in workers:
+            task.cancel()
+        # Their sessions roll back: wait until every one is back, so nothing is half done.
+        await asyncio.gather(*workers, return_exceptions=True)
         await source.aclose()
-    return [outcomes[index] for index in sorted(outcomes)]
 
 
 async def _numbered(

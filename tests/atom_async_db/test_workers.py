@@ -1,16 +1,20 @@
-"""``run_each``: many items, one session each, never more connections than its bound."""
+"""``run_each`` and ``stream_each``: many items, one session each, never more connections
+than their bound; outcomes streamed in bounded memory, and a clean stop."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from atom_async_db import Database, run_each
+from atom_async_db import Database, run_each, stream_each
 from tests.conftest import assert_no_leaks
 from tests.models import User
 
@@ -69,4 +73,74 @@ async def test_the_default_bound_leaves_half_the_pool_free(make_default: MakeDef
         outcomes = await run_each(items(), add_user)
     assert all(o.ok for o in outcomes) and len(outcomes) == 40
     assert peak[0] <= 2  # pool_size // 2
+    await assert_no_leaks(db)
+
+
+async def test_an_endless_source_streams_outcomes_in_bounded_memory(db: Database) -> None:
+    limit = 3
+    pulled = 0
+    most_unread = 0
+
+    def endless() -> Iterator[int]:
+        nonlocal pulled
+        for i in itertools.count():
+            pulled += 1
+            yield i
+
+    read = 0
+    async with aclosing(stream_each(endless(), add_user, limit=limit)) as outcomes:
+        async for outcome in outcomes:
+            read += 1
+            most_unread = max(most_unread, pulled - read)
+            assert outcome.ok
+            if read == 60:
+                break
+    assert most_unread < limit  # in flight plus finished and unread stays within limit
+    async with db.get_async_db_session() as session:  # read ones and finished unread ones
+        assert read <= await session.scalar(select(func.count(User.id))) <= pulled
+    await assert_no_leaks(db)
+
+
+async def test_stopping_a_stream_leaves_no_item_half_done(db: Database) -> None:
+    limit = 3
+    halfway = asyncio.Semaphore(0)
+
+    async def two_rows(session: AsyncSession, i: int) -> int:
+        session.add(User(email=f"{i}-first@example.com"))
+        await session.flush()
+        if i >= 5:  # items 5 and after stop halfway, until they are cancelled
+            halfway.release()
+            await asyncio.Event().wait()
+        session.add(User(email=f"{i}-second@example.com"))
+        return i
+
+    read: list[int] = []
+
+    async def consume() -> None:
+        async for outcome in stream_each(range(100), two_rows, limit=limit):
+            read.append(outcome.item)
+
+    consumer = asyncio.create_task(consume())
+    # One item holds its first row; the others are halfway too or wait for a connection
+    # (SQLite: for the one connection, or its write lock).
+    await halfway.acquire()
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    assert read and set(read) <= {0, 1, 2, 3, 4}
+    async with db.get_async_db_session() as session:
+        emails = set((await session.execute(select(User.email))).scalars())
+    rows_per_item = Counter(int(email.split("-")[0]) for email in emails)
+    assert set(rows_per_item.values()) == {2}  # each item whole, or not there at all
+    assert set(read) <= set(rows_per_item) <= {0, 1, 2, 3, 4}
+    await assert_no_leaks(db)
+
+
+async def test_a_failing_source_stops_the_stream_with_its_error(db: Database) -> None:
+    async def broken() -> AsyncIterator[int]:
+        yield 1
+        raise OSError("the queue went away")
+
+    with pytest.raises(OSError, match="the queue went away"):
+        await run_each(broken(), add_user, limit=2)
     await assert_no_leaks(db)
