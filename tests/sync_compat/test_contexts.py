@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import os
 import threading
 import warnings
 from collections.abc import Awaitable, Callable
@@ -453,3 +454,47 @@ async def test_exhausted_sync_pool_names_the_sync_settings(make_default: MakeDef
         await holder
     message = str(raised.value)
     assert "sync_pool_size=1" in message and "sync_max_overflow=0" in message, message
+
+
+# The README's port of a classic core/database.py, used the way such applications do at
+# import time (create_all before any event loop runs), then the seed's three entry points.
+CLASSIC_DATABASE_PY = """
+import sys
+from sqlalchemy import Column, Integer, String, func, select
+from sqlalchemy.orm import declarative_base
+
+# --- core/database.py, ported ---
+from atom_async_db import get_database
+from sync_compat import SessionLocal, get_db, get_db_session, run_legacy  # noqa: F401
+
+engine = get_database().sync_engine  # sync: Base.metadata.create_all(bind=engine), scripts
+Base = declarative_base()
+# --- end ---
+
+class Item(Base):
+    __tablename__ = sys.argv[1]
+    id = Column(Integer, primary_key=True)
+    name = Column(String(50))
+
+Base.metadata.create_all(bind=engine)
+with get_db_session() as db:
+    db.add(Item(name="from get_db_session"))
+dependency = get_db()
+db = next(dependency)
+db.add(Item(name="from get_db"))
+db.commit()
+dependency.close()
+session = SessionLocal()
+print("items", session.scalar(select(func.count(Item.id))))
+session.close()
+Base.metadata.drop_all(bind=engine)
+import sync_compat
+sync_compat.dispose()
+"""
+
+
+@pytest.mark.parametrize("backend", ["sqlite_file", "postgres"], indirect=True)
+def test_a_classic_database_py_ports_in_one_line(backend_url: str) -> None:
+    table = f"classic_items_{os.getpid()}"
+    output = run_python(CLASSIC_DATABASE_PY, table, env={"DATABASE_URL": backend_url})
+    assert "items 2" in output
