@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import threading
 import weakref
@@ -14,10 +15,12 @@ from typing import Any
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from ._drain import OpenScope, OpenScopes
 from ._engine import create_engine_for, create_sync_engine_for, open_memory_anchor
 from ._hooks import ASYNC_SESSION
 from ._loops import LoopEngines
 from ._options import SessionOptions
+from ._pool import FairPool
 from ._session import (
     ActiveScope,
     SessionScope,
@@ -26,8 +29,11 @@ from ._session import (
     TrackedSession,
 )
 from ._settings import Settings, build_settings
+from .exceptions import DatabaseDisposedError
 
 __all__ = ["Database"]
+
+logger = logging.getLogger("atom_async_db")
 
 
 class Database:
@@ -56,6 +62,7 @@ class Database:
             step: the cancellation guard and ``application_name`` are then not applied.
         **options: ``pool_size``, ``max_overflow``, ``pool_timeout``, ``pool_recycle``,
             ``pool_pre_ping``, ``echo``, ``application_name``, ``cleanup_timeout``,
+            ``drain_timeout``,
             ``cancel_grace``, ``sqlite_busy_timeout``, and for the legacy layer ``sync_pool_size``,
             ``sync_max_overflow``, ``sync_on_event_loop``; each also settable by
             environment (see the README).
@@ -72,8 +79,17 @@ class Database:
         engine_options: Mapping[str, Any] | None = None,
         **options: Any,
     ) -> None:
-        self.settings: Settings = build_settings(url, engine_options=engine_options, **options)
-        settings = self.settings
+        self._start(build_settings(url, engine_options=engine_options, **options))
+
+    @classmethod
+    def _from_settings(cls, settings: Settings) -> Database:
+        """A new database with the settings of another (a restart after ``dispose()``)."""
+        database = cls.__new__(cls)
+        database._start(settings)
+        return database
+
+    def _start(self, settings: Settings) -> None:
+        self.settings: Settings = settings
         self._engines = LoopEngines(
             lambda: create_engine_for(settings), dispose_timeout=settings.cleanup_timeout
         )
@@ -90,6 +106,11 @@ class Database:
         # Set while a test runs inside a rolled-back transaction (atom_async_db.testing).
         self._test_transaction: TestTransaction | None = None
         self._sync_engine_lock = threading.Lock()
+        self._open_scopes = OpenScopes()  # for the shutdown drain
+        self._disposed = False  # set when dispose() begins: no new sessions
+        # The pytest plugin's database outlives the application's lifespans: its dispose()
+        # drains and closes, and the next use opens new pools.
+        self._reopens = False
         if settings.memory:
             anchor = open_memory_anchor(settings)
             weakref.finalize(self, anchor.close)
@@ -110,8 +131,12 @@ class Database:
 
         Raises:
             NoEventLoopError: called outside a running event loop.
+            DatabaseDisposedError: the database was disposed.
         """
-        return self._engines.current()
+        engine = self._engines.current(create=not self._disposed)
+        if engine is None:
+            raise self._disposed_error()
+        return engine
 
     @property
     def sync_engine(self) -> Engine:
@@ -124,9 +149,12 @@ class Database:
 
         Raises:
             DriverNotInstalledError: PostgreSQL and psycopg is not installed.
+            DatabaseDisposedError: the database was disposed.
         """
         engine = self._sync_engine
         if engine is None:
+            if self._disposed:
+                raise self._disposed_error()
             with self._sync_engine_lock:
                 engine = self._sync_engine
                 if engine is None:
@@ -173,29 +201,99 @@ class Database:
         async with SessionScope(self, commit=True) as session:
             yield session
 
-    async def dispose(self) -> None:
-        """Close the pooled connections of the running loop's engine and of the sync engine.
+    @property
+    def disposed(self) -> bool:
+        """Whether :meth:`dispose` (or :meth:`dispose_sync_engine`) has begun: the database
+        opens no new sessions."""
+        return self._disposed
 
-        Sessions still open get up to ``cleanup_timeout`` seconds to end first (not when
-        the calling task itself holds one: it could not end meanwhile); sessions that
-        outlast that keep working, and the engine is closed when the last of them ends.
-        The next use opens new connections. Engines of other loops are disposed when their
-        loop shuts down. An in-memory SQLite database keeps its data until the
-        ``Database`` itself is garbage collected.
+    async def dispose(self) -> None:
+        """Shut the database down: drain its sessions, then close its connections.
+
+        1. New sessions are refused with :class:`DatabaseDisposedError`, except blocks
+           nested in a session that was already open (they are part of its work).
+        2. The sessions open now (this loop's tasks, and threads on the sync engine; not
+           the caller's own) get ``drain_timeout`` seconds to end: opened, connected, in a
+           statement or committing, each finishes as it would have.
+        3. Tasks whose sessions are still open then are cancelled, and their sessions roll
+           back (a COMMIT in flight reports its outcome on the ``CancelledError``, as for
+           any cancellation); threads cannot be stopped.
+        4. This loop's pool and the sync pool are closed: free connections now, those of
+           sessions still open (the caller's own, a thread's) as each ends.
+
+        To start again, configure the database anew (:func:`~atom_async_db.configure`, or
+        a new ``Database``); FastAPI's ``atom_async_db.fastapi.lifespan`` does so at
+        start-up. Engines of other event loops close when their loop shuts down. An
+        in-memory SQLite database keeps its data until the ``Database`` itself is garbage
+        collected.
         """
-        active = self._active.get()
-        holding = active is not None and active.owner is asyncio.current_task()
-        await self._engines.dispose_current(wait_for_sessions=not holding)
-        self.dispose_sync_engine()
+        self._disposed = True
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+
+        def drained(scope: OpenScope) -> bool:
+            return scope.owner is not me and scope.loop in (loop, None)
+
+        still_open = await self._open_scopes.wait(drained, self.settings.drain_timeout)
+        stopping = {
+            scope.owner
+            for scope in still_open
+            if isinstance(scope.owner, asyncio.Task) and scope.owner.get_loop() is loop
+        }
+        if still_open:
+            logger.warning(
+                "dispose: %d sessions were still open after drain_timeout=%g s; stopping "
+                "the %d tasks among them (their sessions roll back)",
+                len(still_open),
+                self.settings.drain_timeout,
+                len(stopping),
+            )
+        for task in stopping:
+            task.cancel("atom_async_db: dispose() stopped this session after drain_timeout")
+        if stopping:  # each one's cleanup is bounded (see _session._release)
+            limit = 2 * self.settings.cleanup_timeout + 1
+            await self._open_scopes.wait(lambda scope: scope.owner in stopping, limit)
+        await self._engines.close_current()
+        self._close_sync_engine()
+        self._disposed = not self._reopens
 
     def dispose_sync_engine(self) -> None:
-        """Close the sync engine's pooled connections (no-op if it was never used).
-
-        For sync programs, which have no loop to ``await dispose()`` on; the next sync
-        session opens new connections.
+        """:meth:`dispose` for sync programs, which have no loop to await it on: new
+        sessions are refused, the sync engine's sessions of other threads get
+        ``drain_timeout`` seconds to end, and the sync pool is closed (the connections of
+        sessions still open close as each ends; threads cannot be stopped).
         """
-        if self._sync_engine is not None:
-            self._sync_engine.dispose()
+        self._disposed = True
+        me = threading.current_thread()
+        still_open = self._open_scopes.wait_sync(
+            lambda scope: scope.loop is None and scope.owner is not me,
+            self.settings.drain_timeout,
+        )
+        if still_open:
+            logger.warning(
+                "dispose: %d sessions on the sync engine were still open after "
+                "drain_timeout=%g s; their connections close as they end",
+                len(still_open),
+                self.settings.drain_timeout,
+            )
+        self._close_sync_engine()
+        self._disposed = not self._reopens
+
+    def _close_sync_engine(self) -> None:
+        with self._sync_engine_lock:
+            engine, self._sync_engine = self._sync_engine, None
+        if engine is not None:
+            pool = engine.pool
+            if isinstance(pool, FairPool):
+                pool.close()
+            engine.dispose()
+
+    def _disposed_error(self) -> DatabaseDisposedError:
+        return DatabaseDisposedError(
+            f"{self!r} was disposed (its shutdown began), so it opens no new session. To "
+            "start again, configure it anew: atom_async_db.configure(...) for the default "
+            "database, or a new Database(...)"
+        )
 
     def __repr__(self) -> str:
         return f"Database({self.url!r})"

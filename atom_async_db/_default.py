@@ -200,9 +200,20 @@ def transaction_dependency(
 
 
 async def dispose() -> None:
-    """Close the default database's pooled connections (shutdown, tests).
+    """Shut the default database down: drain its sessions, close its connections
+    (:meth:`Database.dispose`). Does nothing if no default was built yet.
 
-    The next use opens them again. Does nothing if no default was built yet.
+    Sessions opened afterwards raise :class:`~atom_async_db.DatabaseDisposedError`; call
+    :func:`configure` to start again.
     """
     if _default is not None:
         await _default.dispose()
+
+
+def restart_if_disposed() -> None:
+    """Replace a disposed default database by a new one with the same settings: an
+    application starting again in the same process (its lifespan's start-up, in tests)."""
+    global _default
+    with _lock:
+        if _default is not None and _default.disposed:
+            _default = Database._from_settings(_default.settings)

@@ -43,7 +43,7 @@ _ALL_REGISTRIES: weakref.WeakSet[LoopEngines] = weakref.WeakSet()
 class _Entry:
     engine: AsyncEngine
     sentinel: AsyncGenerator[None, None]
-    wait_for_sessions: bool = True
+    closing: bool = False  # closed for good (the database's shutdown), not just at loop end
 
 
 class LoopEngines:
@@ -56,8 +56,8 @@ class LoopEngines:
         self._lock = threading.Lock()
         _ALL_REGISTRIES.add(self)
 
-    def current(self) -> AsyncEngine:
-        """The engine of the running loop, created on first use."""
+    def current(self, *, create: bool = True) -> AsyncEngine | None:
+        """The engine of the running loop, created on first use (unless not ``create``)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -67,6 +67,8 @@ class LoopEngines:
             ) from None
         entry = self._entries.get(loop)
         if entry is None:
+            if not create:
+                return None
             entry = self._create(loop)
         return entry.engine
 
@@ -97,14 +99,16 @@ class LoopEngines:
         finally:
             # Reached from loop.shutdown_asyncgens(), or from dispose_current() closing it.
             entry = self._entries.get(loop)
-            wait_for_sessions = True
+            closing = False
             if entry is not None and entry.engine is engine:
                 del self._entries[loop]
-                wait_for_sessions = entry.wait_for_sessions
+                closing = entry.closing
             if not loop.is_closed() and os.getpid() == pid:
                 try:
-                    patience = self._dispose_timeout if wait_for_sessions else 0.0
-                    if await _wait_until_idle(engine, patience):
+                    if closing:  # sessions still out close their connections as they end
+                        engine.sync_engine.pool.close()  # type: ignore[attr-defined]
+                        await asyncio.wait_for(engine.dispose(), self._dispose_timeout)
+                    elif await _wait_until_idle(engine, self._dispose_timeout):
                         await asyncio.wait_for(engine.dispose(), self._dispose_timeout)
                     else:
                         _dispose_when_idle(engine)
@@ -113,16 +117,13 @@ class LoopEngines:
                         "disposing the engine of a finished event loop failed", exc_info=True
                     )
 
-    async def dispose_current(self, *, wait_for_sessions: bool = True) -> None:
-        """Dispose the running loop's engine (if any); the next use creates a new one.
-
-        Sessions still holding connections get up to the dispose timeout to end
-        (``wait_for_sessions``); the engine is disposed once the last of them ends.
-        """
+    async def close_current(self) -> None:
+        """Close the running loop's engine for good (see ``FairPool.close``): its free
+        connections now, those still checked out as they come back."""
         loop = asyncio.get_running_loop()
         entry = self._entries.get(loop)
         if entry is not None:
-            entry.wait_for_sessions = wait_for_sessions
+            entry.closing = True
             await entry.sentinel.aclose()
         with self._lock:
             self._forget_closed_loops()

@@ -36,7 +36,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, Pool
 from sqlalchemy.pool.base import _AsyncConnDialect
 from sqlalchemy.util import await_
 
-from .exceptions import PoolTimeoutError
+from .exceptions import DatabaseDisposedError, PoolTimeoutError
 
 __all__ = ["OVERFLOW_IDLE", "FairAsyncPool", "FairPool"]
 
@@ -57,6 +57,15 @@ class _Token:
 # Handed to a waiter instead of a connection: "open one yourself", and "time is up".
 _OPEN = _Token("OPEN")
 _TIMED_OUT = _Token("TIMED_OUT")
+_CLOSED = _Token("CLOSED")
+
+
+def _closed_error() -> DatabaseDisposedError:
+    return DatabaseDisposedError(
+        "this database was disposed (its shutdown began), so its pool opens no connection; "
+        "a session that began before the shutdown cannot take a new one. Configure the "
+        "database again (atom_async_db.configure(), or a new Database) to start over."
+    )
 
 
 class _ThreadWaiter:
@@ -102,11 +111,14 @@ class FairPool(Pool):
         self._free: deque[tuple[ConnectionPoolEntry, float]] = deque()  # (record, since)
         self._waiters: deque[Any] = deque()
         self._open = 0  # connections open or being opened, checked out or free
+        self._closed = False  # see close()
 
     # -- the logic ------------------------------------------------------------------
 
     def _do_get(self) -> ConnectionPoolEntry:
         with self._lock:
+            if self._closed:
+                raise _closed_error()
             if self._free:
                 # Nobody waits while a connection is free (it would have been handed over):
                 # what is left in the queue gave up waiting.
@@ -123,6 +135,8 @@ class FairPool(Pool):
             item = self._wait(waiter)
         if item is _TIMED_OUT:
             raise self._timeout_error()
+        if item is _CLOSED:
+            raise _closed_error()
         if item is _OPEN:
             try:
                 return self._create_connection()
@@ -143,15 +157,29 @@ class FairPool(Pool):
 
     def _put_back(self, record: ConnectionPoolEntry) -> None:
         with self._lock:
-            if not self._hand_over(record):
-                self._free.append((record, time.monotonic()))
+            if not self._closed:
+                if not self._hand_over(record):
+                    self._free.append((record, time.monotonic()))
+                return
+            self._open -= 1
+        record.close()  # a session that outlived the shutdown: its connection ends here
 
     def _pass_on(self, item: Any) -> None:
         """A waiter that fails after it was handed ``item`` passes it on."""
         if item is _OPEN:
             self._give_up_room()
-        elif item is not None and item is not _TIMED_OUT:
+        elif item is not None and item is not _TIMED_OUT and item is not _CLOSED:
             self._put_back(item)
+
+    def close(self) -> None:
+        """Close the pool for good (the database's shutdown), without I/O: checked-out
+        connections are closed as they come back, and waiting and later checkouts get
+        :class:`~atom_async_db.DatabaseDisposedError`. The engine's ``dispose()`` then
+        closes the free ones; the pool it recreates is closed too."""
+        with self._lock:
+            self._closed = True
+            while self._waiters:
+                self._waiters.popleft().give(_CLOSED)
 
     def _hand_over(self, item: Any) -> bool:
         """Give ``item`` (a connection, or room to open one) to the longest-waiting
@@ -215,7 +243,7 @@ class FairPool(Pool):
 
     def recreate(self) -> FairPool:
         self.logger.info("Pool recreating")
-        return self.__class__(
+        pool = self.__class__(
             self._creator,
             pool_size=self._size,
             max_overflow=self._max_overflow,
@@ -228,6 +256,8 @@ class FairPool(Pool):
             _dispatch=self.dispatch,
             dialect=self._dialect,
         )
+        pool._closed = self._closed
+        return pool
 
     def dispose(self) -> None:
         with self._lock:

@@ -292,6 +292,7 @@ class SessionScope:
     """Async context manager yielding an ``AsyncSession``; see the module docstring."""
 
     __slots__ = (
+        "__weakref__",
         "_commit",
         "_database",
         "_independent",
@@ -328,6 +329,8 @@ class SessionScope:
         outer = None
         # (A sync scope of the same task, the legacy API on the loop's thread, cannot be
         # joined: its connection is a sync driver's.)
+        if active is None and database._disposed:  # (a block inside a session may go on)
+            raise database._disposed_error()
         if active is not None and active.owner is task and isinstance(active.session, AsyncSession):
             outer = active.session
         options = self._options or NO_OPTIONS  # the options of the transaction it will be in
@@ -375,6 +378,7 @@ class SessionScope:
             session.sync_session.begin_at_checkout = not self._options  # type: ignore[attr-defined]
         self._session = session
         self._token = database._active.set(ActiveScope(task, session, options))
+        database._open_scopes.opened(self, task, asyncio.get_running_loop())
         # Inside a test transaction the options cannot apply (it has begun long ago).
         if self._options and self._outer is None and self._turn is None:
             try:
@@ -395,6 +399,7 @@ class SessionScope:
         finally:
             if self._turn is not None:
                 self._turn.release()
+            self._database._open_scopes.closed(self)
 
     async def _exit(self, exc: BaseException | None) -> None:
         session, token = self._session, self._token
@@ -494,6 +499,7 @@ class SyncSessionScope:
     """
 
     __slots__ = (
+        "__weakref__",
         "_commit",
         "_database",
         "_independent",
@@ -528,6 +534,8 @@ class SyncSessionScope:
         task = asyncio.current_task() if asyncio._get_running_loop() is not None else None
         owner: object = task or threading.current_thread()
         active = self._database._active.get()
+        if active is None and self._database._disposed:
+            raise self._database._disposed_error()
         outer = None
         if active is not None and active.owner is owner and isinstance(active.session, Session):
             outer = active.session
@@ -567,6 +575,7 @@ class SyncSessionScope:
             session = self._make_session()
         self._session = session
         self._token = self._database._active.set(ActiveScope(owner, session))
+        self._database._open_scopes.opened(self, owner, None)
         return session
 
     def __exit__(
@@ -580,6 +589,7 @@ class SyncSessionScope:
         finally:
             if self._turn is not None:
                 self._turn.release()
+            self._database._open_scopes.closed(self)
 
     def _exit(self, exc: BaseException | None) -> None:
         session, token = self._session, self._token

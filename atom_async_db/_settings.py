@@ -163,6 +163,10 @@ OPTIONS: Mapping[str, _Option] = {
         "ATOM_DB_APPLICATION_NAME", _application_name, "atom_async_db", "atom_async_db"
     ),
     "cleanup_timeout": _Option("ATOM_DB_CLEANUP_TIMEOUT", _positive_float, 5.0, 5.0),
+    # How long dispose() waits for the sessions open when it starts before it stops them:
+    # within the 30 s an orchestrator gives by default between SIGTERM and SIGKILL, after
+    # the server's own wait for its requests.
+    "drain_timeout": _Option("ATOM_DB_DRAIN_TIMEOUT", _non_negative_float, 10.0, 10.0),
     # How long a driver call that a cancellation interrupted may still run so that its
     # connection can be kept (see _guard); past it, the call is cancelled on the server.
     "cancel_grace": _Option("ATOM_DB_CANCEL_GRACE", _non_negative_float, 0.5, 0.5),
@@ -203,6 +207,7 @@ class Settings:
     echo: bool
     application_name: str
     cleanup_timeout: float
+    drain_timeout: float
     cancel_grace: float
     sqlite_busy_timeout: float
     sync_pool_size: int

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ._database import Database
 from ._default import get_database
+from .exceptions import DatabaseDisposedError
 
 __all__ = ["ItemOutcome", "run_each", "stream_each"]
 
@@ -67,6 +68,8 @@ async def run_each(
 
     Raises:
         ValueError: ``limit`` is below 1.
+        DatabaseDisposedError: the database was disposed meanwhile (the items in flight
+            were drained first).
     """
     outcomes: dict[int, ItemOutcome[_Item, _Result]] = {}
     async with contextlib.aclosing(_outcomes(items, fn, limit, database)) as finished:
@@ -104,6 +107,8 @@ async def stream_each(
 
     Raises:
         ValueError: ``limit`` is below 1.
+        DatabaseDisposedError: the database was disposed meanwhile (the items in flight
+            were drained first): a worker stops with its database.
     """
     async with contextlib.aclosing(_outcomes(items, fn, limit, database)) as finished:
         async for _, outcome in finished:
@@ -141,6 +146,8 @@ async def _outcomes(
             try:
                 async with database.get_async_db_session() as session:
                     result = await fn(session, item)
+            except DatabaseDisposedError:
+                raise  # the shutdown: no item can succeed any more, so stop
             except Exception as error:
                 logger.warning("run_each: item %r failed and was rolled back: %r", item, error)
                 finished.put_nowait((index, ItemOutcome(item, error=error)))

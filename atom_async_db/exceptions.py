@@ -16,6 +16,7 @@ __all__ = [
     "CommitOutcomeUnknownError",
     "ConcurrentSessionUseError",
     "ConfigurationError",
+    "DatabaseDisposedError",
     "DatabaseUnavailableError",
     "DriverNotInstalledError",
     "EmbeddedDatabaseError",
@@ -32,6 +33,17 @@ __all__ = [
 
 class AtomDBError(Exception):
     """Base class of every error raised by atom_async_db itself."""
+
+
+class DatabaseDisposedError(AtomDBError, RuntimeError):
+    """A session was opened on a database whose shutdown (``dispose()``) has begun.
+
+    Shutdown drains: the sessions already open finish (or are stopped after
+    ``drain_timeout``), and nothing new starts, so that no connection is opened on a
+    pool that nobody will close. Blocks nested inside a session that was open before
+    the shutdown still join it. To start again (tests, scripts), configure the database
+    again: :func:`~atom_async_db.configure`, or a new :class:`~atom_async_db.Database`.
+    """
 
 
 class DatabaseUnavailableError(AtomDBError, ConnectionError):

@@ -25,7 +25,7 @@ from typing import Annotated, Any
 from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ._default import dispose, get_async_db, get_async_db_transaction
+from ._default import dispose, get_async_db, get_async_db_transaction, restart_if_disposed
 
 __all__ = ["AsyncDB", "AsyncTransaction", "lifespan"]
 
@@ -46,11 +46,15 @@ when it raises (see :func:`atom_async_db.get_async_db_transaction`)."""
 
 @asynccontextmanager
 async def lifespan(app: Any) -> AsyncIterator[None]:
-    """Lifespan that closes the default database's connections when the app shuts down.
+    """Lifespan that shuts the default database down with the app: its sessions are
+    drained, then its connections closed (:func:`atom_async_db.dispose`).
 
-    Pass it as ``FastAPI(lifespan=lifespan)``, or call ``await atom_async_db.dispose()``
-    at the end of your own lifespan.
+    An app started again in the same process (tests that enter ``TestClient(app)`` more
+    than once) gets the default database back, with the same settings. Pass it as
+    ``FastAPI(lifespan=lifespan)``, or call ``await atom_async_db.dispose()`` at the end
+    of your own lifespan.
     """
+    restart_if_disposed()
     try:
         yield
     finally:

@@ -108,11 +108,13 @@ def atom_database(
         url, dropper = _create_throwaway_database(url)
     previous = _default._default
     database = _default.configure(url)
+    database._reopens = True  # an app's lifespan may dispose it between tests
     try:
         for metadata in _as_list(atom_db_metadata):
             metadata.create_all(database.sync_engine)
         yield database
     finally:
+        database._reopens = False
         database.dispose_sync_engine()
         _default._default = previous
         if dropper is not None:

@@ -46,9 +46,12 @@ __all__ = [
 
 
 def dispose() -> None:
-    """Close the default database's sync pool (end of a sync script, tests).
+    """Shut the default database down from a sync program (the end of a script): new
+    sessions are refused, other threads' sessions get ``drain_timeout`` seconds to end,
+    and the sync pool is closed (``Database.dispose_sync_engine``).
 
-    Async programs call ``await atom_async_db.dispose()``, which closes both pools.
+    Async programs call ``await atom_async_db.dispose()``, which drains and closes both
+    pools.
     """
     from atom_async_db import _default
 

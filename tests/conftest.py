@@ -131,9 +131,12 @@ async def reset_schema(database: Database) -> None:
 async def _teardown(database: Database) -> None:
     await assert_no_leaks(database)
     if database.settings.dialect == "postgresql":
-        async with database.engine.begin() as connection:
+        # (a test that disposed the database leaves it closed for good)
+        cleaner = Database(database.settings.url) if database.disposed else database
+        async with cleaner.engine.begin() as connection:
             for metadata in SCHEMAS:
                 await connection.run_sync(metadata.drop_all)
+        await cleaner.dispose()
     await database.dispose()
 
 

@@ -79,7 +79,7 @@ async def test_every_pooled_sqlite_connection_gets_the_pragmas(sqlite_file: Data
 
     five = asyncio.Barrier(5)
     assert await asyncio.gather(*(pragmas(five) for _ in range(5))) == [("wal", 1, 10000)] * 5
-    await sqlite_file.dispose()  # new pool, new connections: same rules
+    await sqlite_file.engine.dispose()  # new pool, new connections: same rules
     assert await pragmas(asyncio.Barrier(1)) == ("wal", 1, 10000)
 
 
@@ -182,14 +182,13 @@ async def test_memory_sessions_take_turns_and_never_undo_each_other() -> None:
     await database.dispose()
 
 
-def test_memory_database_is_shared_by_every_loop_and_survives_dispose() -> None:
+def test_memory_database_is_shared_by_every_loop_and_outlives_each() -> None:
     database = Database("sqlite:///:memory:")
 
-    async def create() -> None:
+    async def create() -> None:  # (its loop's engine is disposed as the loop ends)
         await reset_schema(database)
         async with database.get_async_db_session() as session:
             session.add(User(email="first-loop@example.com"))
-        await database.dispose()
 
     async def read() -> set[str]:
         async with database.get_async_db_session() as session:

@@ -138,6 +138,32 @@ async def test_lifespan_disposes_the_default_database(db: Database) -> None:
     async with lifespan(app):
         pass
     assert db._engines.engines() == []
+    assert db.disposed
+
+
+async def test_an_app_started_again_gets_its_database_back(db: Database) -> None:
+    app = build_app()
+    for round_ in range(3):  # e.g. `with TestClient(app):` in several tests
+        async with (
+            lifespan(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://test"
+            ) as client,
+        ):
+            response = await client.post("/users", json={"email": f"{round_}@example.com"})
+            assert response.status_code == 201
+    restarted = atom_async_db.get_database()
+    assert restarted is not db and restarted.settings == db.settings
+    assert restarted.disposed
+    assert await emails_of(restarted) == {"0@example.com", "1@example.com", "2@example.com"}
+
+
+async def emails_of(database: Database) -> set[str]:
+    again = Database._from_settings(database.settings)
+    async with again.get_async_db_session() as session:
+        found = set((await session.execute(select(User.email))).scalars())
+    await again.dispose()
+    return found
 
 
 def test_importing_the_core_does_not_import_fastapi() -> None:

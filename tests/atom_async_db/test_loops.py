@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
 from collections.abc import Awaitable, Callable
 
 import pytest
 from sqlalchemy import func, select
 
-import atom_async_db
 from atom_async_db import Database, NoEventLoopError, get_async_db_session
-from tests.conftest import APP_NAME, hold_a_session, our_backends, reset_schema, run_python
+from tests.conftest import APP_NAME, our_backends, reset_schema, run_python
 from tests.models import User
 
 MakeDefault = Callable[..., Awaitable[Database]]
@@ -168,36 +166,3 @@ asyncio.run(main())
 def test_fork_child_never_reuses_the_parents_connections(postgres_url: str) -> None:
     output = run_python(FORK, postgres_url, APP_NAME)
     assert "child exit 0 parent reused True" in output
-
-
-async def test_dispose_closes_the_pool_and_the_next_use_reopens(db: Database, backend: str) -> None:
-    async with get_async_db_session() as session:
-        await session.execute(select(1))
-    first = db.engine
-    await atom_async_db.dispose()
-    if backend == "postgres":
-        assert await our_backends(db.url) == []
-    async with get_async_db_session() as session:
-        await session.execute(select(1))
-    assert db.engine is not first
-
-
-async def test_dispose_waits_for_open_sessions_to_end(db: Database) -> None:
-    holder = await hold_a_session(db)
-    disposing = asyncio.create_task(db.dispose())
-    # Without waiting for the session, dispose would be done long before this bound.
-    done, _ = await asyncio.wait({disposing}, timeout=0.5)
-    assert not done
-    await holder.end()
-    await disposing
-    gc.collect()  # an unclosed connection would warn here (warnings are errors)
-
-
-async def test_a_session_outliving_dispose_closes_its_connection_when_it_ends(
-    make_default: MakeDefault,
-) -> None:
-    db = await make_default(cleanup_timeout=0.2)
-    holder = await hold_a_session(db, then="select 2")
-    await db.dispose()  # gives up waiting after cleanup_timeout
-    assert await holder.end() == 2  # the session still works
-    gc.collect()

@@ -209,3 +209,36 @@ async def test_forgot_the_fixture():
     result = project.runpytest_subprocess(*plugin_args, "test_plain.py")
     result.assert_outcomes(passed=1)
     assert not (project.path / "atom.db").exists()  # never the embedded default
+
+
+def test_an_apps_lifespan_in_one_test_leaves_the_next_its_database(
+    project: pytest.Pytester, plugin_args: list[str]
+) -> None:
+    # The app's lifespan disposes the default database (the plugin's) as it ends, as an
+    # app entered with `with TestClient(app):` does; every later test still needs it.
+    project.makepyfile(
+        test_lifespan="""
+from atom_async_db.fastapi import lifespan
+from app import add_item, app, count_items
+
+
+async def test_a_the_app_starts_and_stops(async_db_session):
+    async with lifespan(app):
+        await add_item("during")
+    assert await count_items(async_db_session) == 1
+
+
+async def test_b_and_again(async_db_session):
+    async with lifespan(app):
+        await add_item("again")
+    assert await count_items(async_db_session) == 1
+
+
+def test_c_sync_too(db_session):
+    from sqlalchemy import func, select
+    from app import Item
+    assert db_session.scalar(select(func.count(Item.id))) == 0
+"""
+    )
+    result = project.runpytest_subprocess(*plugin_args, "test_lifespan.py")
+    result.assert_outcomes(passed=3)
