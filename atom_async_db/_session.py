@@ -292,7 +292,6 @@ class SessionScope:
     """Async context manager yielding an ``AsyncSession``; see the module docstring."""
 
     __slots__ = (
-        "__weakref__",
         "_commit",
         "_database",
         "_independent",
@@ -499,7 +498,6 @@ class SyncSessionScope:
     """
 
     __slots__ = (
-        "__weakref__",
         "_commit",
         "_database",
         "_independent",
