@@ -97,7 +97,7 @@ class LoopEngines:
         try:
             yield
         finally:
-            # Reached from loop.shutdown_asyncgens(), or from dispose_current() closing it.
+            # Reached from loop.shutdown_asyncgens(), or from close_current() closing it.
             entry = self._entries.get(loop)
             closing = False
             if entry is not None and entry.engine is engine:
@@ -107,8 +107,7 @@ class LoopEngines:
                 try:
                     if closing:  # sessions still out close their connections as they end
                         engine.sync_engine.pool.close()  # type: ignore[attr-defined]
-                        await asyncio.wait_for(engine.dispose(), self._dispose_timeout)
-                    elif await _wait_until_idle(engine, self._dispose_timeout):
+                    if closing or await _wait_until_idle(engine, self._dispose_timeout):
                         await asyncio.wait_for(engine.dispose(), self._dispose_timeout)
                     else:
                         _dispose_when_idle(engine)

@@ -235,6 +235,24 @@ async def create_slow_commit_table(database: Database, table: str, seconds: floa
             await connection.execute(text(statement))
 
 
+async def create_deferred_child_table(database: Database, prefix: str) -> str:
+    """(PostgreSQL) ``{prefix}_child``, whose foreign key to ``{prefix}_parent`` is checked
+    at COMMIT: inserting a row that has no parent makes a COMMIT the server refuses, an
+    outcome that is known. Returns the child table's name."""
+    from sqlalchemy import text
+
+    async with database.engine.begin() as connection:
+        await connection.execute(text(f"drop table if exists {prefix}_child, {prefix}_parent"))
+        await connection.execute(text(f"create table {prefix}_parent (id int primary key)"))
+        await connection.execute(
+            text(
+                f"create table {prefix}_child (parent int references {prefix}_parent "
+                "deferrable initially deferred)"
+            )
+        )
+    return f"{prefix}_child"
+
+
 # --------------------------------------------------------------------------- a real server
 
 

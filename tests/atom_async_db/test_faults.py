@@ -19,6 +19,7 @@ from tests.conftest import (
     APP_NAME,
     assert_no_leaks,
     asyncpg_dsn,
+    create_deferred_child_table,
     create_slow_commit_table,
     hold_a_session,
 )
@@ -114,18 +115,10 @@ async def test_connection_lost_during_commit_is_an_unknown_outcome(postgres_url:
 
 async def test_a_failing_commit_with_a_known_outcome_is_not_unknown(postgres_url: str) -> None:
     database = Database(postgres_url, application_name=APP_NAME, pool_size=1)
-    async with database.engine.begin() as connection:
-        await connection.execute(text("drop table if exists commit_child, commit_parent"))
-        await connection.execute(text("create table commit_parent (id int primary key)"))
-        await connection.execute(
-            text(
-                "create table commit_child (parent int references commit_parent "
-                "deferrable initially deferred)"
-            )
-        )
+    child = await create_deferred_child_table(database, "commit")
     with pytest.raises(exc.IntegrityError) as raised:
         async with database.get_async_db_session() as session:
-            await session.execute(text("insert into commit_child values (42)"))
+            await session.execute(text(f"insert into {child} values (42)"))
     assert not isinstance(raised.value, CommitOutcomeUnknownError)
     await assert_no_leaks(database)
     await database.dispose()

@@ -12,7 +12,11 @@ import atom_async_db
 from atom_async_db import CommitOutcomeUnknownError, Database, is_conflict
 from sync_compat import get_db_session
 from tests.atom_async_db.test_faults import terminate_our_backends
-from tests.conftest import assert_no_leaks, create_slow_commit_table
+from tests.conftest import (
+    assert_no_leaks,
+    create_deferred_child_table,
+    create_slow_commit_table,
+)
 
 POSTGRES = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
@@ -49,19 +53,11 @@ async def test_connection_lost_during_a_sync_commit_is_an_unknown_outcome(db: Da
 
 @POSTGRES
 async def test_a_sync_commit_the_server_refuses_is_not_unknown(db: Database) -> None:
-    async with db.engine.begin() as connection:
-        await connection.execute(text("drop table if exists sync_child, sync_parent"))
-        await connection.execute(text("create table sync_parent (id int primary key)"))
-        await connection.execute(
-            text(
-                "create table sync_child (parent int references sync_parent "
-                "deferrable initially deferred)"
-            )
-        )
+    child = await create_deferred_child_table(db, "sync")
 
     def legacy_insert() -> None:
         with get_db_session() as session:
-            session.execute(text("insert into sync_child values (42)"))
+            session.execute(text(f"insert into {child} values (42)"))
 
     with pytest.raises(exc.IntegrityError) as raised:
         await asyncio.to_thread(legacy_insert)
