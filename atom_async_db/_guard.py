@@ -49,8 +49,8 @@ logger = logging.getLogger("atom_async_db")
 __all__ = [
     "ConnectionGuard",
     "cancellation_rearmed",
-    "deliver_rearmed_cancellation",
     "commit_outcome_unknown",
+    "deliver_rearmed_cancellation",
     "guarded_connector",
     "install_cancellation_rules",
     "install_commit_outcome_rule",

@@ -24,9 +24,9 @@ __all__ = [
     "PoolTimeoutError",
     "SessionNestingError",
     "SyncSessionContextError",
-    "TestIsolationError",
     "SyncSessionOnEventLoopError",
     "SyncSessionOnEventLoopWarning",
+    "TestIsolationError",
     "UncommittedChangesWarning",
 ]
 
