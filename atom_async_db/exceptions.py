@@ -1,9 +1,28 @@
 """Errors and warnings raised by atom_async_db.
 
 Every error derives from :class:`AtomDBError` and every warning from
-:class:`AtomDBWarning`, so an application can catch or filter all of them at once.
-Database errors themselves (``IntegrityError``, ``OperationalError`` ...) are
-SQLAlchemy's and pass through unchanged.
+:class:`AtomDBWarning`, so an application can catch or filter all of them at once; each
+also derives from the built-in (or SQLAlchemy) class that code written without this
+library already catches. Database errors themselves (``IntegrityError``,
+``OperationalError`` ...) are SQLAlchemy's and pass through unchanged::
+
+    AtomDBError                        also Exception
+    ├── CommitOutcomeUnknownError      also sqlalchemy.exc.OperationalError
+    ├── ConcurrentSessionUseError      also RuntimeError
+    ├── ConfigurationError             also ValueError
+    │   ├── DriverNotInstalledError    also ImportError
+    │   └── EmbeddedDatabaseError
+    ├── DatabaseDisposedError          also RuntimeError
+    ├── DatabaseUnavailableError       also ConnectionError
+    ├── NoEventLoopError               also RuntimeError
+    ├── PoolTimeoutError               also sqlalchemy.exc.TimeoutError
+    ├── SessionNestingError            also RuntimeError
+    ├── SyncSessionContextError        also RuntimeError
+    ├── SyncSessionOnEventLoopError    also RuntimeError
+    └── TestIsolationError             also RuntimeError
+    AtomDBWarning                      also UserWarning
+    ├── SyncSessionOnEventLoopWarning
+    └── UncommittedChangesWarning
 """
 
 from __future__ import annotations
