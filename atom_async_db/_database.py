@@ -14,12 +14,13 @@ from typing import Any
 
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from typing_extensions import Unpack
 
 from ._drain import OpenScope, OpenScopes
 from ._engine import create_engine_for, create_sync_engine_for, open_memory_anchor
 from ._hooks import ASYNC_SESSION
 from ._loops import LoopEngines
-from ._options import SessionOptions
+from ._options import SessionOptionArgs, SessionOptions
 from ._pool import FairPool
 from ._session import (
     ActiveScope,
@@ -163,26 +164,14 @@ class Database:
         return engine
 
     def get_async_db_session(
-        self,
-        *,
-        independent: bool = False,
-        isolation_level: str | None = None,
-        read_only: bool = False,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
+        self, *, independent: bool = False, **options: Unpack[SessionOptionArgs]
     ) -> AbstractAsyncContextManager[AsyncSession]:
         """A session that commits on success, rolls back on error and is always closed.
 
         Same as :func:`atom_async_db.get_async_db_session`, on this database.
         """
-        options = SessionOptions.of(
-            self.settings.dialect,
-            isolation_level=isolation_level,
-            read_only=read_only,
-            statement_timeout=statement_timeout,
-            lock_timeout=lock_timeout,
-        )
-        return SessionScope(self, commit=True, independent=independent, options=options)
+        checked = SessionOptions.of(self.settings.dialect, options)
+        return SessionScope(self, commit=True, independent=independent, options=checked)
 
     async def get_async_db(self) -> AsyncIterator[AsyncSession]:
         """FastAPI dependency: a request-scoped session that never commits on its own.

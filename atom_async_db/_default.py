@@ -9,8 +9,10 @@ from typing import Any
 
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncSession
+from typing_extensions import Unpack
 
 from ._database import Database
+from ._options import SessionOptionArgs
 from ._session import SessionScope
 
 __all__ = [
@@ -69,12 +71,7 @@ def get_database() -> Database:
 
 
 def get_async_db_session(
-    *,
-    independent: bool = False,
-    isolation_level: str | None = None,
-    read_only: bool = False,
-    statement_timeout: float | None = None,
-    lock_timeout: float | None = None,
+    *, independent: bool = False, **options: Unpack[SessionOptionArgs]
 ) -> AbstractAsyncContextManager[AsyncSession]:
     """Open a session for services, workers and scripts: ``async with`` it.
 
@@ -110,13 +107,7 @@ def get_async_db_session(
             options, or is ``independent=True`` on SQLite while the outer block holds a
             transaction.
     """
-    return get_database().get_async_db_session(
-        independent=independent,
-        isolation_level=isolation_level,
-        read_only=read_only,
-        statement_timeout=statement_timeout,
-        lock_timeout=lock_timeout,
-    )
+    return get_database().get_async_db_session(independent=independent, **options)
 
 
 async def get_async_db() -> AsyncIterator[AsyncSession]:
@@ -172,11 +163,7 @@ async def get_async_db_transaction() -> AsyncIterator[AsyncSession]:
 
 
 def transaction_dependency(
-    *,
-    isolation_level: str | None = None,
-    read_only: bool = False,
-    statement_timeout: float | None = None,
-    lock_timeout: float | None = None,
+    **options: Unpack[SessionOptionArgs],
 ) -> Callable[[], AsyncIterator[AsyncSession]]:
     """A :func:`get_async_db_transaction` with options for its transaction (see
     :func:`get_async_db_session`); declare it with ``scope="function"``::
@@ -188,12 +175,7 @@ def transaction_dependency(
     """
 
     async def transaction_with_options() -> AsyncIterator[AsyncSession]:
-        async with get_async_db_session(
-            isolation_level=isolation_level,
-            read_only=read_only,
-            statement_timeout=statement_timeout,
-            lock_timeout=lock_timeout,
-        ) as session:
+        async with get_async_db_session(**options) as session:
             yield session
 
     return transaction_with_options

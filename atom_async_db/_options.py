@@ -5,7 +5,7 @@ connection returns to the pool."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from sqlalchemy import text
 
@@ -16,9 +16,25 @@ if TYPE_CHECKING:
 
     from ._settings import Dialect
 
-__all__ = ["SessionOptions"]
+__all__ = ["SessionOptionArgs", "SessionOptions"]
 
 ISOLATION_LEVELS = ("SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED")
+
+
+class SessionOptionArgs(TypedDict, total=False):
+    """The options a unit of work may set for its own transaction, as keyword arguments of
+    ``get_async_db_session()``, ``Database.get_async_db_session()`` and
+    ``transaction_dependency()``."""
+
+    isolation_level: str | None
+    """``"SERIALIZABLE"``, ``"REPEATABLE READ"``, ``"READ COMMITTED"``,
+    ``"READ UNCOMMITTED"`` (SQLite: ``"SERIALIZABLE"`` only, which it always is)."""
+    read_only: bool
+    """A read-only transaction (PostgreSQL)."""
+    statement_timeout: float | None
+    """Seconds any one statement may run (PostgreSQL)."""
+    lock_timeout: float | None
+    """Seconds a statement may wait for a lock (PostgreSQL)."""
 
 
 @dataclass(frozen=True)
@@ -31,22 +47,24 @@ class SessionOptions:
     lock_timeout: float | None = None
 
     @classmethod
-    def of(
-        cls,
-        dialect: Dialect,
-        *,
-        isolation_level: str | None = None,
-        read_only: bool = False,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-    ) -> SessionOptions:
-        if (
-            isolation_level is None
-            and not read_only
-            and statement_timeout is None
-            and lock_timeout is None
-        ):
+    def of(cls, dialect: Dialect, options: SessionOptionArgs) -> SessionOptions:
+        """Validated options for ``dialect``.
+
+        Raises:
+            ConfigurationError: an option is unknown, invalid, or not available on SQLite.
+        """
+        if not options:
             return NO_OPTIONS  # the common case: nothing to validate
+        unknown = set(options) - set(SessionOptionArgs.__annotations__)
+        if unknown:
+            raise ConfigurationError(
+                f"unknown session option {', '.join(map(repr, sorted(unknown)))}; the "
+                f"options are {', '.join(SessionOptionArgs.__annotations__)}"
+            )
+        isolation_level = options.get("isolation_level")
+        read_only = bool(options.get("read_only", False))
+        statement_timeout = options.get("statement_timeout")
+        lock_timeout = options.get("lock_timeout")
         if isolation_level is not None:
             isolation_level = isolation_level.upper().replace("_", " ")
             if isolation_level not in ISOLATION_LEVELS:

@@ -1,0 +1,52 @@
+"""The public entry points' types, as a type checker sees them: mypy checks this file in
+CI (``make lint``), and pytest runs it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from typing import assert_type
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
+
+import atom_async_db
+from atom_async_db import (
+    ConfigurationError,
+    Database,
+    ItemOutcome,
+    get_async_db,
+    get_async_db_session,
+    run_each,
+    stream_each,
+    transaction_dependency,
+)
+from sync_compat import get_db, get_db_session
+
+
+async def double(session: AsyncSession, item: int) -> str:
+    return str(item * 2)
+
+
+async def test_entry_points_have_the_types_users_rely_on(db: Database) -> None:
+    assert_type(get_async_db_session(), AbstractAsyncContextManager[AsyncSession])
+    assert_type(get_async_db_session(isolation_level="SERIALIZABLE"),
+                AbstractAsyncContextManager[AsyncSession])  # fmt: skip
+    assert_type(get_async_db(), AsyncIterator[AsyncSession])
+    assert_type(transaction_dependency(read_only=False), Callable[[], AsyncIterator[AsyncSession]])
+    assert_type(db.engine, AsyncEngine)
+    assert_type(get_db_session(), AbstractContextManager[Session])
+    assert_type(atom_async_db.get_database(), Database)
+    outcomes = await run_each([1, 2], double)
+    assert_type(outcomes, list[ItemOutcome[int, str]])
+    assert [o.result for o in outcomes] == ["2", "4"]
+    async for outcome in stream_each([3], double):
+        assert_type(outcome, ItemOutcome[int, str])
+        assert outcome.result == "6"
+    assert_type(get_db(), Iterator[Session])
+
+
+def test_an_unknown_session_option_is_named() -> None:
+    with pytest.raises(ConfigurationError, match="unknown session option 'read_olny'"):
+        get_async_db_session(read_olny=True)  # type: ignore[call-arg]
