@@ -17,6 +17,7 @@ import asyncio
 import gc
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -36,6 +37,7 @@ from sqlalchemy.engine import make_url
 import atom_async_db
 from atom_async_db import Database
 from atom_async_db import _default as default_module
+from atom_async_db.pytest_plugin import _process_exists
 from tests.models import Base, User
 from tests.sync_compat.core.models import Base as SeedBase
 
@@ -65,13 +67,43 @@ def _postgres_problem(url: str) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
+def postgres_url() -> Iterator[str]:
+    """A database of this test run's own on the server of ``ATOM_TEST_POSTGRES_URL``,
+    dropped at the end: two runs against one server (two checkouts, CI beside a developer)
+    never meet on a table. One left by a run that was killed is dropped by the next."""
     problem = _postgres_problem(POSTGRES_URL)
     if problem:
         if IN_CI:
             pytest.fail(f"{problem}; CI=true requires it (set ATOM_TEST_POSTGRES_URL)")
         pytest.skip(f"{problem}; set ATOM_TEST_POSTGRES_URL or start the server")
-    return POSTGRES_URL
+    name = f"atom_suite_{os.getpid()}_{secrets.token_hex(4)}"
+    asyncio.run(_admin(_create_run_database, name))
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_admin(_drop_database, name))
+
+
+async def _admin(action: Callable[[Any, str], Awaitable[None]], name: str) -> None:
+    connection = await asyncpg.connect(asyncpg_dsn(POSTGRES_URL))
+    try:
+        await action(connection, name)
+    finally:
+        await connection.close()
+
+
+async def _create_run_database(connection: Any, name: str) -> None:
+    for (left,) in await connection.fetch(
+        "select datname from pg_database where datname like 'atom\\_suite\\_%'"
+    ):
+        pid = left.split("_")[2]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            await _drop_database(connection, left)
+    await connection.execute(f'create database "{name}"')
+
+
+async def _drop_database(connection: Any, name: str) -> None:
+    await connection.execute(f'drop database if exists "{name}" with (force)')
 
 
 @pytest.fixture(params=BACKENDS)
@@ -81,10 +113,15 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def backend_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """The test's database. A test marked ``many_connections`` gets PostgreSQL on the
+    throwaway cluster, whose connection limit is this run's alone: on the shared server
+    another run (or any other client) may hold the connections it needs."""
     if backend == "sqlite_file":
         return f"sqlite:///{tmp_path / 'test.db'}"
     if backend == "sqlite_memory":
         return "sqlite://"
+    if request.node.get_closest_marker("many_connections"):
+        return str(request.getfixturevalue("pg_cluster").url)
     return str(request.getfixturevalue("postgres_url"))
 
 
@@ -353,7 +390,10 @@ class ThrowawayCluster:
         self.pg_ctl("reload")
 
     def pg_ctl(self, action: str) -> None:
-        options = f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options = (
+            f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c max_connections=300"  # for the tests marked many_connections
+        )
         self._run(
             "pg_ctl",
             "-D",

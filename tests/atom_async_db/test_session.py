@@ -112,6 +112,7 @@ async def test_timeout_inside_the_block_rolls_back(db: Database) -> None:
     assert await count_users() == 0
 
 
+@pytest.mark.many_connections
 async def test_500_concurrent_sessions_on_the_default_pool_all_succeed(db: Database) -> None:
     async def work(i: int) -> int:
         async with get_async_db_session() as session:

@@ -141,6 +141,7 @@ def mixed_app() -> FastAPI:
 
 # Not on an in-memory database: it serves one event loop, and `def` routes run in threads
 # (those get a clear error instead, see test_contexts).
+@pytest.mark.many_connections
 @pytest.mark.parametrize("backend", ["sqlite_file", "postgres"], indirect=True)
 async def test_mixed_app_under_100_concurrent_requests(
     make_default: MakeDefault, backend: str
@@ -184,6 +185,7 @@ async def test_mixed_app_under_100_concurrent_requests(
 
 
 # Not on an in-memory database: concurrent writers from threads get an error there.
+@pytest.mark.many_connections
 @pytest.mark.parametrize("backend", ["sqlite_file", "postgres"], indirect=True)
 async def test_def_route_calling_a_service_under_100_concurrent_requests(
     make_default: MakeDefault, backend: str
