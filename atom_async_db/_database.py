@@ -18,18 +18,12 @@ from typing_extensions import Unpack
 
 from ._drain import OpenScope, OpenScopes
 from ._engine import create_engine_for, create_sync_engine_for, open_memory_anchor
-from ._hooks import ASYNC_SESSION
 from ._loops import LoopEngines
 from ._options import SessionOptionArgs, SessionOptions
 from ._pool import FairPool
-from ._session import (
-    ActiveScope,
-    SessionScope,
-    SingleTaskAsyncSession,
-    TestTransaction,
-    TrackedSession,
-)
+from ._session import ActiveScope, SessionScope, TestTransaction
 from ._settings import Settings, build_settings
+from ._tracked import BackingSession, SingleTaskAsyncSession
 from .exceptions import DatabaseDisposedError
 
 __all__ = ["Database"]
@@ -97,8 +91,7 @@ class Database:
         self._sessionmaker = async_sessionmaker(
             class_=SingleTaskAsyncSession,
             expire_on_commit=False,
-            sync_session_class=TrackedSession,
-            info={ASYNC_SESSION: True},
+            sync_session_class=BackingSession,
         )
         self._active: ContextVar[ActiveScope | None] = ContextVar(
             "atom_async_db.active_scope", default=None

@@ -58,6 +58,20 @@ def configure(
     return database
 
 
+def current_default() -> Database | None:
+    """The default database if one was built or configured, without building one."""
+    return _default
+
+
+def replace_default(database: Database | None) -> Database | None:
+    """Make ``database`` the default (None: build it from the environment on next use);
+    returns the one it replaces (the pytest plugin swaps its test database in and out)."""
+    global _default
+    with _lock:
+        previous, _default = _default, database
+    return previous
+
+
 def get_database() -> Database:
     """The default :class:`Database`, built from the environment on first use."""
     global _default

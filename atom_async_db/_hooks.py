@@ -1,7 +1,7 @@
 """After-commit hooks and savepoints: work that must happen only once data is really saved
 (send the e-mail, enqueue the job), with Django's ``on_commit`` semantics.
 
-Hooks wait in the session's ``info``. A nested block's session hands them to the outer
+Hooks wait in the session's state (``_state``). A nested block's session hands them to the outer
 session when it succeeds, and drops them when it fails (see ``_session``). When a session
 that owns a real transaction commits, its hooks become ready. They run, in registration
 order, after the COMMIT: right after it for sync sessions, and when ``commit()`` returns
@@ -17,27 +17,18 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
+from ._state import Callback, Role, peek, role_of, state_of
+
 __all__ = ["hand_over_hooks", "install", "on_commit", "run_ready_hooks", "savepoint"]
 
 logger = logging.getLogger("atom_async_db")
-
-PENDING = "atom_async_db.on_commit"  # registered, waiting for the real COMMIT
-_READY = "atom_async_db.on_commit.ready"  # committed, waiting to run
-# Set on sessions that do not own the real transaction: a nested block's session (its
-# hooks go to the outer session), unless it is a test transaction's root (TEST_ROOT).
-NESTED = "atom_async_db.nested"
-TEST_ROOT = "atom_async_db.test_root"
-ASYNC_SESSION = "atom_async_db.async"  # the sync session behind one of our AsyncSessions
-
-Callback = Callable[[], Awaitable[Any] | None]
 
 
 def on_commit(session: AsyncSession | Session, callback: Callback) -> None:
@@ -62,7 +53,10 @@ def on_commit(session: AsyncSession | Session, callback: Callback) -> None:
             "an async callback needs an AsyncSession to be awaited after the commit; "
             "register it on the AsyncSession, or pass a sync callable"
         )
-    session.info.setdefault(PENDING, []).append(callback)
+    state = state_of(session)
+    if state.pending is None:
+        state.pending = []
+    state.pending.append(callback)
 
 
 @asynccontextmanager
@@ -81,7 +75,10 @@ async def savepoint(session: AsyncSession) -> AsyncIterator[AsyncSession]:
             except IntegrityError:
                 pass  # the order is still added; the coupon is not
     """
-    hooks = session.info.setdefault(PENDING, [])
+    state = state_of(session)
+    if state.pending is None:
+        state.pending = []
+    hooks = state.pending
     mark = len(hooks)
     try:
         async with session.begin_nested():
@@ -91,22 +88,24 @@ async def savepoint(session: AsyncSession) -> AsyncIterator[AsyncSession]:
         raise
 
 
-def _owns_real_transaction(session: Session) -> bool:
-    info = session.info
-    return not info.get(NESTED) or bool(info.get(TEST_ROOT))
-
-
 def hand_over_hooks(inner: Session, outer: Session) -> None:
     """A nested block succeeded: its hooks now wait for the outer block's commit."""
-    hooks = inner.info.pop(PENDING, None)
-    if hooks:
-        outer.info.setdefault(PENDING, []).extend(hooks)
+    state = peek(inner)
+    if state is not None and state.pending:
+        outer_state = state_of(outer)
+        if outer_state.pending is None:
+            outer_state.pending = []
+        outer_state.pending.extend(state.pending)
+        state.pending = None
 
 
 async def run_ready_hooks(session: AsyncSession) -> None:
     """Run the hooks the last commit made ready (called when ``commit()`` returns)."""
-    hooks = session.info.pop(_READY, None)
-    for callback in hooks or ():
+    state = peek(session)
+    if state is None or not state.ready:
+        return
+    hooks, state.ready = state.ready, None
+    for callback in hooks:
         try:
             result = callback()
             if inspect.isawaitable(result):
@@ -124,21 +123,24 @@ def _run_sync_hooks(hooks: list[Callback]) -> None:
 
 
 def install(session_class: type[Session]) -> None:
-    """Track hooks on the sessions of ``session_class`` (the core's ``TrackedSession``)."""
+    """Track hooks on the sessions of ``session_class`` (the core's ``TrackedSession``);
+    sessions whose class sets ``awaits_hooks`` (behind an AsyncSession) leave them to
+    :func:`run_ready_hooks`."""
 
     @event.listens_for(session_class, "after_commit")
     def _committed(session: Session) -> None:
-        if not _owns_real_transaction(session):
-            return  # a nested block: its hooks wait for the outer one
-        hooks = session.info.pop(PENDING, None)
-        if not hooks:
-            return
-        if session.info.get(ASYNC_SESSION):
-            session.info.setdefault(_READY, []).extend(hooks)  # awaited by commit()
+        state = peek(session)
+        if state is None or not state.pending or state.role is Role.NESTED:
+            return  # nothing to run, or a nested block: its hooks wait for the outer one
+        hooks, state.pending = state.pending, None
+        if getattr(session, "awaits_hooks", False):
+            state.ready = [*(state.ready or ()), *hooks]  # awaited by commit()
         else:
             _run_sync_hooks(hooks)
 
     @event.listens_for(session_class, "after_transaction_end")
     def _ended(session: Session, transaction: SessionTransaction) -> None:
-        if transaction.parent is None and _owns_real_transaction(session):
-            session.info.pop(PENDING, None)  # not committed: rolled back or closed
+        if transaction.parent is None and role_of(session) is not Role.NESTED:
+            state = peek(session)
+            if state is not None:
+                state.pending = None  # not committed: rolled back or closed

@@ -12,9 +12,8 @@ Fixtures:
   default database for the whole test session.
 - ``async_db_session``: an ``AsyncSession`` inside the test's rolled-back transaction,
   which every session the code under test opens joins (needs pytest-asyncio).
-- ``db_session``: the same for sync tests of legacy code (``sync_compat``): a
-  ``SessionLocal``-style session, joined by ``get_db``, ``get_db_session()`` and
-  ``SessionLocal()`` in any thread.
+- ``db_session`` (registered by ``sync_compat``'s own plugin, ``sync_compat.pytest_plugin``):
+  the same for sync tests of legacy code.
 
 Once a project overrides ``atom_db_metadata``, every test uses ``atom_database``, also tests
 that take no session fixture: none may write to ``DATABASE_URL``'s database.
@@ -41,7 +40,7 @@ from sqlalchemy.engine import make_url
 
 from . import _default
 from ._database import Database
-from .testing import rollback_transaction, rollback_transaction_sync
+from .testing import rollback_transaction
 
 try:
     import pytest_asyncio
@@ -106,7 +105,7 @@ def atom_database(
     dropper = None
     if throwaway and make_url(url).get_backend_name() in {"postgresql", "postgres"}:
         url, dropper = _create_throwaway_database(url)
-    previous = _default._default
+    previous = _default.current_default()
     database = _default.configure(url)
     database._reopens = True  # an app's lifespan may dispose it between tests
     try:
@@ -116,7 +115,7 @@ def atom_database(
     finally:
         database._reopens = False
         database.dispose_sync_engine()
-        _default._default = previous
+        _default.replace_default(previous)
         if dropper is not None:
             dropper()
 
@@ -185,14 +184,3 @@ else:  # pragma: no cover
     @pytest.fixture
     def async_db_session() -> None:
         pytest.fail("async_db_session needs pytest-asyncio: pip install pytest-asyncio")
-
-
-@pytest.fixture
-def db_session(atom_database: Database) -> Iterator[Any]:
-    """A legacy ``Session`` (``sync_compat.SessionLocal`` style) inside this test's
-    transaction, rolled back after the test; the legacy sessions of every thread join it
-    meanwhile (the seed's ``db_session`` fixture, without writing it)."""
-    from sync_compat import SessionLocal
-
-    with rollback_transaction_sync(atom_database, session_factory=SessionLocal) as session:
-        yield session

@@ -38,7 +38,8 @@ from sqlalchemy.orm import Session
 
 from ._database import Database
 from ._default import get_database
-from ._session import TEST_ROOT_SESSION, TestTransaction, TrackedSession
+from ._session import TestTransaction
+from ._tracked import TEST_ROOT_SESSION, TrackedSession
 
 if TYPE_CHECKING:
     import httpx

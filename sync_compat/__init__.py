@@ -26,6 +26,7 @@ from atom_async_db import (
     SyncSessionOnEventLoopError,
     SyncSessionOnEventLoopWarning,
 )
+from atom_async_db._compat import current_default
 
 from . import database_manager
 from ._scopes import get_db, get_db_session, run_legacy
@@ -53,7 +54,6 @@ def dispose() -> None:
     Async programs call ``await atom_async_db.dispose()``, which drains and closes both
     pools.
     """
-    from atom_async_db import _default
-
-    if _default._default is not None:
-        _default._default.dispose_sync_engine()
+    database = current_default()
+    if database is not None:
+        database.dispose_sync_engine()

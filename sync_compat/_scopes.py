@@ -3,7 +3,7 @@
 Both patterns are the core's session scopes: inside ``run_legacy`` the async scope itself
 (driven through the greenlet bridge, so it joins the calling task's session by the core's
 nesting rule), elsewhere the same rule and lifecycle on the sync engine
-(:class:`atom_async_db._session.SyncSessionScope`).
+(:class:`sync_compat._sync_scope.SyncSessionScope`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.util.concurrency import await_, greenlet_spawn, in_greenlet
 
 from atom_async_db import get_database
-from atom_async_db._guard import deliver_rearmed_cancellation
-from atom_async_db._session import SessionScope, SyncSessionScope
+from atom_async_db._compat import SessionScope, deliver_rearmed_cancellation
 
 from ._session import SessionLocal
+from ._sync_scope import SyncSessionScope
 
 __all__ = ["get_db", "get_db_session", "run_legacy"]
 

@@ -39,10 +39,7 @@ from atom_async_db import (
     SyncSessionOnEventLoopWarning,
     TestIsolationError,
 )
-from atom_async_db._engine import create_sync_engine_for
-from atom_async_db._masking import mask_url
-from atom_async_db._pool import FairPool
-from atom_async_db._session import TrackedSession
+from atom_async_db._compat import FairPool, TrackedSession, create_sync_engine_for, mask_url
 
 __all__ = ["LegacySession", "SessionLocal"]
 

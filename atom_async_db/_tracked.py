@@ -1,0 +1,249 @@
+"""The session classes and their flush bookkeeping: ``TrackedSession`` (the sync session
+under every session the library makes), ``SingleTaskAsyncSession`` (the ``AsyncSession``
+it hands out), what their flushes record, and how a nested block's work is handed to the
+outer session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import event, inspect
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, SessionTransaction
+
+from ._guard import cancellation_rearmed, deliver_rearmed_cancellation
+from ._hooks import hand_over_hooks, run_ready_hooks
+from ._hooks import install as install_hooks
+from ._ping import BEGIN_ON_CHECKOUT
+from ._state import Role, peek, role_info, role_of, state_of
+from .exceptions import ConcurrentSessionUseError
+
+__all__ = [
+    "COMMITTED_BEFORE_CANCEL_NOTE",
+    "NESTED_SESSION",
+    "TEST_ROOT_SESSION",
+    "BackingSession",
+    "SingleTaskAsyncSession",
+    "TrackedSession",
+    "hand_over_to_outer",
+    "has_unsaved_changes",
+]
+
+COMMITTED_BEFORE_CANCEL_NOTE = (
+    "atom_async_db: the block's COMMIT completed before this cancellation took effect, "
+    "so its changes are saved"
+)
+
+#: Keyword arguments that make a session a nested block's session.
+NESTED_SESSION: dict[str, Any] = {
+    "join_transaction_mode": "create_savepoint",
+    "info": role_info(Role.NESTED),
+}
+#: ... and a session that joins a test's rolled-back transaction directly: it stands for
+#: the real transaction (its commit is the test's logical commit, see ``_hooks``).
+TEST_ROOT_SESSION: dict[str, Any] = {
+    "join_transaction_mode": "create_savepoint",
+    "info": role_info(Role.TEST_ROOT),
+}
+
+
+class TrackedSession(Session):
+    """The sync session under every session the library makes: records unsaved writes and
+    keeps after-commit hooks (``_hooks``), and (``begin_at_checkout``) has its transaction
+    begun as its connection's pre-ping (``_ping``)."""
+
+    begin_at_checkout = False
+    awaits_hooks = False  # see BackingSession
+
+    def _connection_for_bind(self, engine: Any, execution_options: Any = None, **kw: Any) -> Any:
+        if not self.begin_at_checkout:
+            return super()._connection_for_bind(engine, execution_options, **kw)
+        token = BEGIN_ON_CHECKOUT.set(True)
+        try:
+            return super()._connection_for_bind(engine, execution_options, **kw)
+        finally:
+            BEGIN_ON_CHECKOUT.reset(token)
+
+
+class BackingSession(TrackedSession):
+    """The sync session behind a ``SingleTaskAsyncSession``: its after-commit hooks run
+    when ``commit()`` returns to async code, where async callbacks can be awaited."""
+
+    awaits_hooks = True
+
+
+install_hooks(TrackedSession)
+
+
+class SingleTaskAsyncSession(AsyncSession):
+    """The ``AsyncSession`` we hand out: refuses to be used by two tasks at the same time
+    (``asyncio.gather`` over one session), with an error that says what to do instead of
+    the driver's "another operation is in progress" or a broken session state.
+
+    Using it from another task once the first is done with it (a streaming body, a
+    background task) is fine. Each method that awaits the database goes through
+    :meth:`_one_task_at_a_time`; they are written out below for the interpreter only, so
+    that type checkers keep ``AsyncSession``'s exact signatures.
+    """
+
+    _atom_user: asyncio.Task[Any] | None = None
+    _atom_idle: asyncio.Event | None = None
+
+    async def wait_until_idle(self, limit: float) -> bool:
+        """Wait up to ``limit`` seconds for an operation another task runs on this session
+        (``asyncio.gather`` siblings that outlive the block) to end; True if none runs."""
+        user = self._atom_user
+        if user is None or user.done() or user is asyncio.current_task():
+            return True
+        idle = self._atom_idle = asyncio.Event()
+        try:
+            async with asyncio.timeout(limit):
+                await idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _one_task_at_a_time(
+        self, name: str, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        task = asyncio.current_task()
+        user = self._atom_user
+        if user is task:  # re-entered by the same task
+            return await method(self, *args, **kwargs)
+        if user is not None and not user.done():
+            raise ConcurrentSessionUseError(
+                f"this AsyncSession is in use by task {user.get_name()!r} while task "
+                f"{task.get_name() if task else None!r} called {name}(): a session runs one "
+                "operation at a time, so use one session per task (open "
+                "`get_async_db_session()` inside each task), or await the operations one "
+                "after another"
+            )
+        self._atom_user = task
+        try:
+            result = await method(self, *args, **kwargs)
+        except BaseException as error:
+            if cancellation_rearmed():
+                await deliver_rearmed_cancellation(error)
+            raise
+        finally:
+            self._atom_user = None
+            if self._atom_idle is not None:
+                self._atom_idle.set()
+        if name == "commit":
+            await run_ready_hooks(self)
+            if cancellation_rearmed():
+                committed = role_of(self) is Role.OWNER
+                await deliver_rearmed_cancellation(
+                    note=COMMITTED_BEFORE_CANCEL_NOTE if committed else None
+                )
+        elif cancellation_rearmed():
+            await deliver_rearmed_cancellation()
+        return result
+
+    if not TYPE_CHECKING:
+
+        async def commit(self, *args, **kwargs):
+            return await self._one_task_at_a_time("commit", AsyncSession.commit, args, kwargs)
+
+        async def connection(self, *args, **kwargs):
+            return await self._one_task_at_a_time(
+                "connection", AsyncSession.connection, args, kwargs
+            )
+
+        async def delete(self, *args, **kwargs):
+            return await self._one_task_at_a_time("delete", AsyncSession.delete, args, kwargs)
+
+        async def execute(self, *args, **kwargs):
+            return await self._one_task_at_a_time("execute", AsyncSession.execute, args, kwargs)
+
+        async def flush(self, *args, **kwargs):
+            return await self._one_task_at_a_time("flush", AsyncSession.flush, args, kwargs)
+
+        async def get(self, *args, **kwargs):
+            return await self._one_task_at_a_time("get", AsyncSession.get, args, kwargs)
+
+        async def get_one(self, *args, **kwargs):
+            return await self._one_task_at_a_time("get_one", AsyncSession.get_one, args, kwargs)
+
+        async def merge(self, *args, **kwargs):
+            return await self._one_task_at_a_time("merge", AsyncSession.merge, args, kwargs)
+
+        async def refresh(self, *args, **kwargs):
+            return await self._one_task_at_a_time("refresh", AsyncSession.refresh, args, kwargs)
+
+        async def run_sync(self, *args, **kwargs):
+            return await self._one_task_at_a_time("run_sync", AsyncSession.run_sync, args, kwargs)
+
+        async def scalar(self, *args, **kwargs):
+            return await self._one_task_at_a_time("scalar", AsyncSession.scalar, args, kwargs)
+
+        async def scalars(self, *args, **kwargs):
+            return await self._one_task_at_a_time("scalars", AsyncSession.scalars, args, kwargs)
+
+        async def stream(self, *args, **kwargs):
+            return await self._one_task_at_a_time("stream", AsyncSession.stream, args, kwargs)
+
+        async def stream_scalars(self, *args, **kwargs):
+            return await self._one_task_at_a_time(
+                "stream_scalars", AsyncSession.stream_scalars, args, kwargs
+            )
+
+
+# --------------------------------------------------------------------------- flush bookkeeping
+
+
+@event.listens_for(TrackedSession, "after_flush")
+def _after_flush(session: Session, _flush_context: Any) -> None:
+    state = state_of(session)
+    state.unsaved = state.wrote = True
+    if state.role is Role.NESTED:  # the pre-flush lists, still
+        if state.changed is None:
+            state.changed, state.deleted = [], set()
+        assert state.deleted is not None
+        state.changed.extend(session.dirty)
+        state.deleted.update(inspect(obj).identity_key for obj in session.deleted)
+
+
+@event.listens_for(TrackedSession, "after_transaction_end")
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        state = peek(session)
+        if state is not None:
+            state.unsaved = False
+
+
+def hand_over_to_outer(inner: Session, outer: Session) -> None:
+    """After a nested block succeeded: its writes now await the outer block's COMMIT, and
+    the outer session's objects must reflect them.
+
+    Each block has its own identity map; without this, an object the outer block loaded
+    keeps its old values after the inner block changed the row, and a later write from the
+    outer would silently overwrite the inner change. The inner block's changed objects are
+    held strongly (its identity map is weak: the inner code may have dropped them).
+    """
+    hand_over_hooks(inner, outer)
+    state = peek(inner)
+    if state is None or not state.wrote:
+        return
+    state_of(outer).unsaved = True
+    outer_map = outer.identity_map
+    for key in state.deleted or ():
+        stale = outer_map.get(key)
+        if stale is not None:
+            outer.expunge(stale)
+    seen = {id(obj): obj for obj in state.changed or ()}
+    seen.update((id(obj), obj) for obj in inner.identity_map.values())
+    for obj in seen.values():
+        instance = inspect(obj)
+        if instance.persistent and instance.identity_key in outer_map:
+            outer.merge(obj, load=False)
+
+
+def has_unsaved_changes(session: Session | AsyncSession) -> bool:
+    """True when ``session`` holds writes that no COMMIT has made durable yet."""
+    state = peek(session)
+    return bool(
+        (state is not None and state.unsaved) or session.new or session.dirty or session.deleted
+    )
