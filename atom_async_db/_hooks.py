@@ -24,7 +24,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
-from ._state import Callback, Role, peek, role_of, state_of
+from ._state import KEY, Callback, Role, SessionState, peek, state_of
 
 __all__ = ["hand_over_hooks", "install", "on_commit", "run_ready_hooks", "savepoint"]
 
@@ -127,10 +127,11 @@ def install(session_class: type[Session]) -> None:
     sessions whose class sets ``awaits_hooks`` (behind an AsyncSession) leave them to
     :func:`run_ready_hooks`."""
 
+    # (Both run for every transaction: they read the state without a call.)
     @event.listens_for(session_class, "after_commit")
     def _committed(session: Session) -> None:
-        state = peek(session)
-        if state is None or not state.pending or state.role is Role.NESTED:
+        state = session.info.get(KEY)
+        if type(state) is not SessionState or not state.pending or state.role is Role.NESTED:
             return  # nothing to run, or a nested block: its hooks wait for the outer one
         hooks, state.pending = state.pending, None
         if getattr(session, "awaits_hooks", False):
@@ -140,7 +141,10 @@ def install(session_class: type[Session]) -> None:
 
     @event.listens_for(session_class, "after_transaction_end")
     def _ended(session: Session, transaction: SessionTransaction) -> None:
-        if transaction.parent is None and role_of(session) is not Role.NESTED:
-            state = peek(session)
-            if state is not None:
-                state.pending = None  # not committed: rolled back or closed
+        state = session.info.get(KEY)
+        if (
+            type(state) is SessionState
+            and transaction.parent is None
+            and state.role is not Role.NESTED
+        ):
+            state.pending = None  # not committed: rolled back or closed

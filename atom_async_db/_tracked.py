@@ -7,6 +7,8 @@ outer session.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event, inspect
@@ -17,7 +19,7 @@ from ._guard import cancellation_rearmed, deliver_rearmed_cancellation
 from ._hooks import hand_over_hooks, run_ready_hooks
 from ._hooks import install as install_hooks
 from ._ping import BEGIN_ON_CHECKOUT
-from ._state import Role, peek, role_info, role_of, state_of
+from ._state import KEY, Role, SessionState, peek, role_info, role_of, state_of
 from .exceptions import ConcurrentSessionUseError
 
 __all__ = [
@@ -77,37 +79,14 @@ class BackingSession(TrackedSession):
 install_hooks(TrackedSession)
 
 
-class SingleTaskAsyncSession(AsyncSession):
-    """The ``AsyncSession`` we hand out: refuses to be used by two tasks at the same time
-    (``asyncio.gather`` over one session), with an error that says what to do instead of
-    the driver's "another operation is in progress" or a broken session state.
+def _one_task_at_a_time(name: str) -> Callable[..., Any]:
+    """``AsyncSession``'s method ``name``, refusing a second task while one runs it, and
+    delivering a cancellation the guard re-armed (see ``_guard``) once the call is back."""
+    method = getattr(AsyncSession, name)
+    is_commit = name == "commit"
 
-    Using it from another task once the first is done with it (a streaming body, a
-    background task) is fine. Each method that awaits the database goes through
-    :meth:`_one_task_at_a_time`; they are written out below for the interpreter only, so
-    that type checkers keep ``AsyncSession``'s exact signatures.
-    """
-
-    _atom_user: asyncio.Task[Any] | None = None
-    _atom_idle: asyncio.Event | None = None
-
-    async def wait_until_idle(self, limit: float) -> bool:
-        """Wait up to ``limit`` seconds for an operation another task runs on this session
-        (``asyncio.gather`` siblings that outlive the block) to end; True if none runs."""
-        user = self._atom_user
-        if user is None or user.done() or user is asyncio.current_task():
-            return True
-        idle = self._atom_idle = asyncio.Event()
-        try:
-            async with asyncio.timeout(limit):
-                await idle.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    async def _one_task_at_a_time(
-        self, name: str, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+    @functools.wraps(method)
+    async def one_task_at_a_time(self: SingleTaskAsyncSession, *args: Any, **kwargs: Any) -> Any:
         task = asyncio.current_task()
         user = self._atom_user
         if user is task:  # re-entered by the same task
@@ -131,7 +110,7 @@ class SingleTaskAsyncSession(AsyncSession):
             self._atom_user = None
             if self._atom_idle is not None:
                 self._atom_idle.set()
-        if name == "commit":
+        if is_commit:
             await run_ready_hooks(self)
             if cancellation_rearmed():
                 committed = role_of(self) is Role.OWNER
@@ -142,53 +121,51 @@ class SingleTaskAsyncSession(AsyncSession):
             await deliver_rearmed_cancellation()
         return result
 
-    if not TYPE_CHECKING:
+    return one_task_at_a_time
 
-        async def commit(self, *args, **kwargs):
-            return await self._one_task_at_a_time("commit", AsyncSession.commit, args, kwargs)
 
-        async def connection(self, *args, **kwargs):
-            return await self._one_task_at_a_time(
-                "connection", AsyncSession.connection, args, kwargs
-            )
+class SingleTaskAsyncSession(AsyncSession):
+    """The ``AsyncSession`` we hand out: refuses to be used by two tasks at the same time
+    (``asyncio.gather`` over one session), with an error that says what to do instead of
+    the driver's "another operation is in progress" or a broken session state.
 
-        async def delete(self, *args, **kwargs):
-            return await self._one_task_at_a_time("delete", AsyncSession.delete, args, kwargs)
+    Using it from another task once the first is done with it (a streaming body, a
+    background task) is fine. Each method that awaits the database is wrapped by
+    :func:`_one_task_at_a_time`; they are listed at the end of the class.
+    """
 
-        async def execute(self, *args, **kwargs):
-            return await self._one_task_at_a_time("execute", AsyncSession.execute, args, kwargs)
+    _atom_user: asyncio.Task[Any] | None = None
+    _atom_idle: asyncio.Event | None = None
 
-        async def flush(self, *args, **kwargs):
-            return await self._one_task_at_a_time("flush", AsyncSession.flush, args, kwargs)
+    async def wait_until_idle(self, limit: float) -> bool:
+        """Wait up to ``limit`` seconds for an operation another task runs on this session
+        (``asyncio.gather`` siblings that outlive the block) to end; True if none runs."""
+        user = self._atom_user
+        if user is None or user.done() or user is asyncio.current_task():
+            return True
+        idle = self._atom_idle = asyncio.Event()
+        try:
+            async with asyncio.timeout(limit):
+                await idle.wait()
+        except TimeoutError:
+            return False
+        return True
 
-        async def get(self, *args, **kwargs):
-            return await self._one_task_at_a_time("get", AsyncSession.get, args, kwargs)
-
-        async def get_one(self, *args, **kwargs):
-            return await self._one_task_at_a_time("get_one", AsyncSession.get_one, args, kwargs)
-
-        async def merge(self, *args, **kwargs):
-            return await self._one_task_at_a_time("merge", AsyncSession.merge, args, kwargs)
-
-        async def refresh(self, *args, **kwargs):
-            return await self._one_task_at_a_time("refresh", AsyncSession.refresh, args, kwargs)
-
-        async def run_sync(self, *args, **kwargs):
-            return await self._one_task_at_a_time("run_sync", AsyncSession.run_sync, args, kwargs)
-
-        async def scalar(self, *args, **kwargs):
-            return await self._one_task_at_a_time("scalar", AsyncSession.scalar, args, kwargs)
-
-        async def scalars(self, *args, **kwargs):
-            return await self._one_task_at_a_time("scalars", AsyncSession.scalars, args, kwargs)
-
-        async def stream(self, *args, **kwargs):
-            return await self._one_task_at_a_time("stream", AsyncSession.stream, args, kwargs)
-
-        async def stream_scalars(self, *args, **kwargs):
-            return await self._one_task_at_a_time(
-                "stream_scalars", AsyncSession.stream_scalars, args, kwargs
-            )
+    if not TYPE_CHECKING:  # (type checkers keep AsyncSession's exact signatures)
+        commit = _one_task_at_a_time("commit")
+        connection = _one_task_at_a_time("connection")
+        delete = _one_task_at_a_time("delete")
+        execute = _one_task_at_a_time("execute")
+        flush = _one_task_at_a_time("flush")
+        get = _one_task_at_a_time("get")
+        get_one = _one_task_at_a_time("get_one")
+        merge = _one_task_at_a_time("merge")
+        refresh = _one_task_at_a_time("refresh")
+        run_sync = _one_task_at_a_time("run_sync")
+        scalar = _one_task_at_a_time("scalar")
+        scalars = _one_task_at_a_time("scalars")
+        stream = _one_task_at_a_time("stream")
+        stream_scalars = _one_task_at_a_time("stream_scalars")
 
 
 # --------------------------------------------------------------------------- flush bookkeeping
@@ -208,10 +185,9 @@ def _after_flush(session: Session, _flush_context: Any) -> None:
 
 @event.listens_for(TrackedSession, "after_transaction_end")
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:
-        state = peek(session)
-        if state is not None:
-            state.unsaved = False
+    state = session.info.get(KEY)  # (every transaction: no call)
+    if type(state) is SessionState and transaction.parent is None:
+        state.unsaved = False
 
 
 def hand_over_to_outer(inner: Session, outer: Session) -> None:
