@@ -76,8 +76,7 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
             if name in url.query:
                 connect_args.setdefault(name, float(str(url.query[name])))
         url = url.difference_update_query(ASYNCPG_SECONDS)
-        # asyncpg waits 60 s for a server that does not answer; never wait past pool_timeout.
-        connect_args.setdefault("timeout", settings.pool_timeout)
+        connect_args.setdefault("timeout", settings.connect_timeout)
         connect_args["server_settings"] = {
             "application_name": settings.application_name,
             **connect_args.get("server_settings", {}),

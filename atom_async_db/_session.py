@@ -246,7 +246,7 @@ class SessionScope:
 
 
 async def _take_turn(pinned: TestTransaction, database: Database) -> asyncio.Lock:
-    limit = database.settings.pool_timeout
+    limit = database.settings.test_turn_timeout
     try:
         async with asyncio.timeout(limit):
             await pinned.turn.acquire()

@@ -219,6 +219,19 @@ class Settings:
     def display_url(self) -> str:
         return mask_url(self.url)
 
+    # ``pool_timeout`` bounds three waits, each named where it is used:
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds opening a PostgreSQL connection may take, unless the URL sets
+        ``connect_timeout`` (asyncpg's own default is 60 s): ``pool_timeout``."""
+        return self.pool_timeout
+
+    @property
+    def test_turn_timeout(self) -> float:
+        """Seconds a session waits for its turn on a test transaction's one connection
+        (``atom_async_db.testing``): ``pool_timeout``."""
+        return self.pool_timeout
+
     def __repr__(self) -> str:
         shown = {
             name: mask_url(value)

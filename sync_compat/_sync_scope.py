@@ -102,7 +102,7 @@ class SyncSessionScope:
         elif where is Place.TEST_ROOT:
             # Threads take turns on the test's one connection, as tasks do on the async one.
             assert pinned is not None
-            limit = database.settings.pool_timeout
+            limit = database.settings.test_turn_timeout
             if not pinned.sync_turn.acquire(timeout=limit):
                 raise turn_timeout("thread", limit)
             self._turn = pinned.sync_turn
