@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: test test-fastapi-min lint bench example clean
+.PHONY: test test-fastapi-min test-newest lint bench example clean
 
 # The FastAPI tests again on the oldest FastAPI we support (pyproject's fastapi extra).
 FASTAPI_MIN ?= 0.121.0
@@ -29,6 +29,16 @@ test-fastapi-min:
 	scripts/ensure-postgres
 	.venv-fastapi-min/bin/python -m pytest -W ignore::DeprecationWarning $(FASTAPI_TESTS)
 
+# The suite on the newest releases of the drivers and SQLAlchemy, past pyproject's upper
+# bounds: run it before raising a bound (not in CI: a new release must not turn main red).
+test-newest:
+	$(PYTHON) -m venv .venv-newest
+	.venv-newest/bin/python -m pip install --quiet -e '.[postgres,fastapi,dev]'
+	.venv-newest/bin/python -m pip install --quiet --upgrade --pre 'sqlalchemy[asyncio]' aiosqlite asyncpg 'psycopg[binary]'
+	.venv-newest/bin/python -m pip list 2>/dev/null | grep -iE '^(sqlalchemy|aiosqlite|asyncpg|psycopg) '
+	scripts/ensure-postgres
+	.venv-newest/bin/python -m pytest $(PYTEST_ARGS)
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -41,4 +51,4 @@ example: $(VENV)/.installed
 	$(PY) examples/quickstart.py
 
 clean:
-	rm -rf $(VENV) .venv-fastapi-min .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-fastapi-min .venv-newest .pytest_cache .mypy_cache .ruff_cache

@@ -24,6 +24,21 @@ seconds to finish:
   midway (asyncpg cancels the statement on the server) and the connection is marked
   *tainted*; :func:`install_cancellation_rules` makes SQLAlchemy discard tainted
   connections and keep every other one.
+
+Third-party internals. This module, ``_ping``, ``_pool``, ``_tracked``, ``_nesting`` and
+``_engine`` rely on these, each checked by name in
+``tests/atom_async_db/test_third_party_internals.py``, which says what breaks without it;
+pyproject.toml caps each driver at the versions verified:
+
+- aiosqlite_conn_is_the_sqlite3_connection, aiosqlite_cursor_wraps_a_sqlite3_cursor,
+  aiosqlite_thread_is_reachable;
+- asyncpg_driver_object_types_exist;
+- sqlalchemy_asyncpg_adapter_starts_transactions,
+  sqlalchemy_asyncpg_dialect_sets_readonly_and_deferrable,
+  sqlalchemy_async_conn_dialect_exists, sqlalchemy_session_connection_for_bind,
+  sqlalchemy_session_transaction_connections, sqlalchemy_async_session_proxies_sync_methods;
+- asyncio_future_blocking_protocol, asyncio_task_uncancel,
+  asyncio_get_running_loop_without_raising, weakset_data_is_its_set_of_references.
 """
 
 from __future__ import annotations
