@@ -6,10 +6,10 @@ scope shares with the async one, the sync engine's construction, the cancellatio
 hand-off ``run_legacy`` needs, and the default database.
 """
 
+from ._cancel import deliver_rearmed_cancellation
 from ._database import Database
 from ._default import current_default
 from ._engine import create_sync_engine_for
-from ._guard import deliver_rearmed_cancellation
 from ._masking import mask_url
 from ._nesting import Outer, Place, is_graceful, place
 from ._options import NO_OPTIONS

@@ -139,7 +139,7 @@ def is_graceful(kind: Kind, exc: BaseException) -> bool:
     can be rolled back and reused rather than invalidated.
 
     ``GeneratorExit``: a dependency generator closed by its consumer, not interrupted. A
-    ``CancelledError`` cannot cut an async driver call in half (see ``_guard``); a sync
+    ``CancelledError`` cannot cut an async driver call in half (see ``_cancel``); a sync
     driver call has no such guard, and a sync scope never sees one mid-call anyway.
     """
     graceful: tuple[type[BaseException], ...] = (Exception, GeneratorExit)

@@ -34,7 +34,7 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.util import await_
 
-from ._guard import guard_of
+from ._cancel import guard_of
 
 logger = logging.getLogger("atom_async_db")
 

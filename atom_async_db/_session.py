@@ -4,7 +4,7 @@
 A scope opens an ``AsyncSession`` (``expire_on_commit=False``); on a clean exit it commits
 (``get_async_db_session()``) or leaves committing to the caller (``get_async_db``); on any
 exception it rolls back; it always releases the connection. A cancelled block is rolled
-back like a failed one: cancellation cannot cut a driver call in half (see ``_guard``), so
+back like a failed one: cancellation cannot cut a driver call in half (see ``_cancel``), so
 the connection is at rest and goes back to the pool, unless the guard had to abandon a
 call, in which case SQLAlchemy has already discarded it. A block interrupted otherwise
 (``KeyboardInterrupt``) may have left a statement half-sent, so its connection is

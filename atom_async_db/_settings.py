@@ -168,7 +168,7 @@ OPTIONS: Mapping[str, _Option] = {
     # the server's own wait for its requests.
     "drain_timeout": _Option("ATOM_DB_DRAIN_TIMEOUT", _non_negative_float, 10.0, 10.0),
     # How long a driver call that a cancellation interrupted may still run so that its
-    # connection can be kept (see _guard); past it, the call is cancelled on the server.
+    # connection can be kept (see _cancel); past it, the call is cancelled on the server.
     "cancel_grace": _Option("ATOM_DB_CANCEL_GRACE", _non_negative_float, 0.5, 0.5),
     "sqlite_busy_timeout": _Option("ATOM_DB_SQLITE_BUSY_TIMEOUT", _positive_float, 30.0, 30.0),
     # The legacy layer's sync engine (threads, scripts, `def` routes) has a pool of its own,

@@ -15,7 +15,7 @@ from sqlalchemy import event, inspect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction
 
-from ._guard import cancellation_rearmed, deliver_rearmed_cancellation
+from ._cancel import cancellation_rearmed, deliver_rearmed_cancellation
 from ._hooks import hand_over_hooks, run_ready_hooks
 from ._hooks import install as install_hooks
 from ._ping import BEGIN_ON_CHECKOUT
@@ -81,7 +81,7 @@ install_hooks(TrackedSession)
 
 def _one_task_at_a_time(name: str) -> Callable[..., Any]:
     """``AsyncSession``'s method ``name``, refusing a second task while one runs it, and
-    delivering a cancellation the guard re-armed (see ``_guard``) once the call is back."""
+    delivering a cancellation the guard re-armed (see ``_cancel``) once the call is back."""
     method = getattr(AsyncSession, name)
     is_commit = name == "commit"
 

@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import bindparam, event, exc, text
 
 from atom_async_db import ConcurrentSessionUseError, Database
-from atom_async_db._guard import COMMIT_ABANDONED_NOTE, CONNECTION_LOST_NOTE, ConnectionGuard
+from atom_async_db._cancel import COMMIT_ABANDONED_NOTE, ConnectionGuard
+from atom_async_db._classify import CONNECTION_LOST_NOTE
 from atom_async_db._session import COMMITTED_BEFORE_CANCEL_NOTE
 from benchmarks.cancel_storm import MECHANISMS, PHASES, StormReport, run_storm
 from tests.conftest import APP_NAME, assert_no_leaks, create_slow_commit_table
@@ -307,10 +308,10 @@ async def test_driver_method_wrappers_are_made_once_per_driver_class(
 ) -> None:
     # A transaction (asyncpg) or cursor (aiosqlite) is a new driver object per session: its
     # wrappers must not be made again for each (a cost per session, found by profiling).
-    from atom_async_db import _guard
+    from atom_async_db import _proxies
 
     made: list[str] = []
-    make = _guard._guarded_method
+    make = _proxies._guarded_method
 
     def counted(name: str, method: Any) -> Any:
         made.append(name)
@@ -322,7 +323,7 @@ async def test_driver_method_wrappers_are_made_once_per_driver_class(
                 await session.execute(text("select 1"))
 
     await sessions()
-    monkeypatch.setattr(_guard, "_guarded_method", counted)
+    monkeypatch.setattr(_proxies, "_guarded_method", counted)
     await sessions()
     assert made == []
 
@@ -409,7 +410,7 @@ async def test_asyncpgs_own_error_handling_still_runs_under_the_guard(db: Databa
     # asyncpg re-prepares a cached statement that a schema change invalidated by catching
     # the error of its own await: the guard must wake the driver's coroutine to read its
     # future's outcome itself, not throw that outcome past it (found by review).
-    from atom_async_db._guard import guard_of
+    from atom_async_db._cancel import guard_of
 
     async with db.engine.begin() as connection:
         await connection.execute(text("drop table if exists guard_recache"))

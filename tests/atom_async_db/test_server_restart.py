@@ -13,7 +13,7 @@ from sqlalchemy import exc, make_url, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from atom_async_db import CommitOutcomeUnknownError, Database, DatabaseUnavailableError
-from atom_async_db._guard import CONNECTION_LOST_NOTE
+from atom_async_db._classify import CONNECTION_LOST_NOTE
 from tests.conftest import APP_NAME, ThrowawayCluster
 
 SENTINEL = "Sentinel-Pw-8c1e"

@@ -1,5 +1,5 @@
 """The third-party internals the library relies on, each checked to still exist, with
-what breaks if an upgrade removes it. The same list stands in ``_guard``'s docstring; a
+what breaks if an upgrade removes it. The same list stands in ``_cancel``'s docstring; a
 version bound in pyproject.toml caps each driver at what was verified
 (``make test-newest`` runs the suite on the newest releases)."""
 
@@ -21,7 +21,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import (
 )
 from sqlalchemy.orm import Session, SessionTransaction
 
-from atom_async_db import _guard
+from atom_async_db import _cancel
 
 
 async def _aiosqlite_connection(tmp_path: Path) -> aiosqlite.Connection:
@@ -30,7 +30,7 @@ async def _aiosqlite_connection(tmp_path: Path) -> aiosqlite.Connection:
 
 
 async def aiosqlite_conn_is_the_sqlite3_connection(tmp_path: Path) -> None:
-    # _guard: cursors made and closed, and empty rollbacks answered, on the loop's thread
+    # _sqlite_here: cursors made and closed, and empty rollbacks answered, on the loop's thread
     connection = await _aiosqlite_connection(tmp_path)
     try:
         assert isinstance(connection._conn, sqlite3.Connection)
@@ -39,7 +39,7 @@ async def aiosqlite_conn_is_the_sqlite3_connection(tmp_path: Path) -> None:
 
 
 async def aiosqlite_cursor_wraps_a_sqlite3_cursor(tmp_path: Path) -> None:
-    # _guard: a cursor built by hand around a sqlite3 cursor (no trip to the thread)
+    # _sqlite_here: a cursor built by hand around a sqlite3 cursor (no trip to the thread)
     connection = await _aiosqlite_connection(tmp_path)
     try:
         cursor = aiosqlite.Cursor(connection, connection._conn.cursor())
@@ -50,7 +50,7 @@ async def aiosqlite_cursor_wraps_a_sqlite3_cursor(tmp_path: Path) -> None:
 
 
 async def aiosqlite_thread_is_reachable(tmp_path: Path) -> None:
-    # _guard: each connection's thread made a daemon, or an unclosed one keeps the process
+    # _connector: each connection's thread made a daemon, or an unclosed one keeps the process
     connection = aiosqlite.connect(tmp_path / "fence.db")
     assert hasattr(connection, "_thread")
     await connection
@@ -58,7 +58,7 @@ async def aiosqlite_thread_is_reachable(tmp_path: Path) -> None:
 
 
 async def asyncpg_driver_object_types_exist(tmp_path: Path) -> None:
-    # _guard: the driver objects whose awaitable methods are guarded
+    # _proxies: the driver objects whose awaitable methods are guarded
     from asyncpg.cursor import Cursor
     from asyncpg.prepared_stmt import PreparedStatement
     from asyncpg.transaction import Transaction
@@ -108,14 +108,14 @@ async def sqlalchemy_async_session_proxies_sync_methods(tmp_path: Path) -> None:
 
 
 async def asyncio_future_blocking_protocol(tmp_path: Path) -> None:
-    # _guard: the stand-in a task awaits instead of the driver's future
+    # _cancel: the stand-in a task awaits instead of the driver's future
     future = asyncio.get_running_loop().create_future()
     assert hasattr(future, "_asyncio_future_blocking")
     future.cancel()
 
 
 async def asyncio_task_uncancel(tmp_path: Path) -> None:
-    # _guard: a cancellation withdrawn while it is re-armed for later delivery
+    # _cancel: a cancellation withdrawn while it is re-armed for later delivery
     assert callable(asyncio.current_task().uncancel)  # type: ignore[union-attr]
 
 
@@ -125,7 +125,7 @@ async def asyncio_get_running_loop_without_raising(tmp_path: Path) -> None:
 
 
 async def weakset_data_is_its_set_of_references(tmp_path: Path) -> None:
-    # _guard: the hot path tests "any task re-armed?" on the WeakSet's own set
+    # _cancel: the hot path tests "any task re-armed?" on the WeakSet's own set
     assert isinstance(weakref.WeakSet().data, set)  # type: ignore[attr-defined]
 
 
@@ -154,6 +154,6 @@ async def test_a_third_party_internal_we_rely_on_is_still_there(
     await check(tmp_path)  # type: ignore[misc]
 
 
-def test_the_guards_docstring_lists_the_same_internals() -> None:
-    listed = str(_guard.__doc__)
+def test_the_cancellation_guards_docstring_lists_the_same_internals() -> None:
+    listed = str(_cancel.__doc__)
     assert [c.__name__ for c in INTERNALS if c.__name__ not in listed] == []

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from atom_async_db import Database
-from atom_async_db._guard import guard_of
+from atom_async_db._cancel import guard_of
 from atom_async_db._settings import build_settings
 from benchmarks._runner import run_cell
 from benchmarks._stacks import DEFAULT_STACKS, STACKS, Ours, User, prepare

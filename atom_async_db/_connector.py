@@ -1,0 +1,75 @@
+"""The guarded connector: how each async engine opens a driver connection, guarded, with
+network failures reported as :class:`~atom_async_db.DatabaseUnavailableError`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from ._cancel import SETTLE_TIMEOUT, ConnectionGuard
+from ._proxies import guard_connection
+from .exceptions import DatabaseUnavailableError
+
+__all__ = ["guarded_connector"]
+
+
+def guarded_connector(
+    connect: Callable[..., Any], grace: float, *, server: str | None = None
+) -> Callable[..., Any]:
+    """An ``async_creator_fn`` for SQLAlchemy's asyncpg and aiosqlite dialects: connects
+    with ``connect`` (the driver's own function) and guards the connection.
+
+    A task cancelled while its connection is being opened lets the handshake finish and
+    closes the connection, rather than drop a half-open socket. Network-level failures to
+    reach ``server`` ("host:port") become :class:`DatabaseUnavailableError`.
+    """
+
+    async def connect_guarded(*args: Any, **kwargs: Any) -> Any:
+        if server is None:  # aiosqlite: see ConnectionGuard.cursors_here
+            kwargs.setdefault("check_same_thread", False)
+        opening = asyncio.ensure_future(_connect(connect, args, kwargs, server))
+        try:
+            connection = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # Let the handshake finish rather than drop a half-open socket, then close.
+            if not opening.done():
+                steps = opening.__await__()
+                await ConnectionGuard(grace, None).settle(steps, steps.send(None))
+            if opening.done() and not opening.cancelled() and opening.exception() is None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(SETTLE_TIMEOUT):
+                    await opening.result().close()
+            raise
+        # aiosqlite statements run in a thread a task cancel cannot stop; sqlite3 can.
+        interrupt = getattr(connection, "interrupt", None) if server is None else None
+        here = server is None and kwargs.get("check_same_thread") is False
+        return guard_connection(connection, ConnectionGuard(grace, interrupt, cursors_here=here))
+
+    return connect_guarded
+
+
+async def _connect(connect: Callable[..., Any], args: Any, kwargs: Any, server: str | None) -> Any:
+    connection = connect(*args, **kwargs)
+    thread = getattr(connection, "_thread", None)
+    if thread is not None:
+        # aiosqlite >= 0.22 runs each connection in a non-daemon thread, which would keep
+        # the process alive if a connection is never closed (SQLAlchemy does the same).
+        thread.daemon = True
+    try:
+        return await connection
+    except Exception as error:
+        # 57P03: the server is starting up or shutting down
+        down = (
+            isinstance(error, (OSError, TimeoutError)) or getattr(error, "sqlstate", 0) == "57P03"
+        )
+        if server is None or not down:
+            raise
+        reason = (
+            "no answer within the connect timeout" if isinstance(error, TimeoutError) else error
+        )
+        raise DatabaseUnavailableError(
+            f"cannot connect to the database server at {server} ({reason}); check that it is "
+            "running and reachable, and the host and port of the database URL"
+        ) from error
