@@ -6,49 +6,33 @@ Precedence: explicit keyword > environment variable > per-dialect default.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import logging
 import os
-import re
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.engine import URL
 
 from ._masking import mask_mapping, mask_url
-from .exceptions import ConfigurationError, DriverNotInstalledError, EmbeddedDatabaseError
+from ._urls import ACCEPTED_URL_FORMS, ASYNCPG_SECONDS, Dialect, normalise_url
+from .exceptions import ConfigurationError, EmbeddedDatabaseError
 
 logger = logging.getLogger("atom_async_db")
 
 #: Where the embedded SQLite database lives when ``DATABASE_URL`` is not set.
 EMBEDDED_DATABASE_FILENAME = "atom.db"
 
-Dialect = Literal["postgresql", "sqlite"]
-
-# URL driver -> the sync driver the legacy layer uses for it.
-_POSTGRES_DRIVERS = {
-    "": "psycopg",
-    "asyncpg": "psycopg",
-    "psycopg": "psycopg",
-    "psycopg2": "psycopg2",
-}
-_SQLITE_DRIVERS = {"": "pysqlite", "aiosqlite": "pysqlite", "pysqlite": "pysqlite"}
-ACCEPTED_URL_FORMS = (
-    "postgresql+asyncpg://user:password@host:5432/dbname (also postgresql://, postgres://, "
-    "postgresql+psycopg://, postgresql+psycopg2://), "
-    "sqlite+aiosqlite:///path/to/file.db (also sqlite:///path/to/file.db), "
-    "sqlite://, sqlite:/// or sqlite:///:memory: for an in-memory database"
-)
-# libpq spellings that asyncpg names differently, so existing deployments' URLs work as they are.
-_ASYNCPG_QUERY_RENAMES = {"sslmode": "ssl", "connect_timeout": "timeout"}
-#: asyncpg connect() arguments in seconds, which it needs as numbers (a URL gives strings).
-ASYNCPG_SECONDS = ("timeout", "command_timeout")
-
+__all__ = [
+    "ASYNCPG_SECONDS",
+    "EMBEDDED_DATABASE_FILENAME",
+    "OPTIONS",
+    "Dialect",
+    "Settings",
+    "build_settings",
+]
 
 # --------------------------------------------------------------------------- options
 
@@ -264,141 +248,6 @@ def _resolve_url(url: str | URL | None, environ: Mapping[str, str]) -> str | URL
     return f"sqlite+aiosqlite:///{path}"
 
 
-def _unsupported(raw: str | URL, reason: str) -> ConfigurationError:
-    return ConfigurationError(
-        f"unsupported database URL {mask_url(raw)!r}: {reason}. "
-        f"Accepted forms: {ACCEPTED_URL_FORMS}"
-    )
-
-
-# A host name, an IP address (v6 without its brackets, perhaps with a zone), a user name.
-_PLAUSIBLE = re.compile(r"[\w.:%+-]*")
-
-
-def _parse_url(raw: str | URL) -> URL:
-    """``make_url(raw)``, or a :class:`ConfigurationError` that says what is wrong with it.
-
-    Raised outside the ``except`` block: the parser's own error, which may quote the
-    password (a non-numeric "port"), must not ride along as the context.
-    """
-    url: URL | None = raw if isinstance(raw, URL) else None
-    if url is None:
-        with contextlib.suppress(ArgumentError, ValueError, TypeError):
-            url = make_url(raw)
-    # The parser takes the last '@' of the text as the end of the user info (an '@' in the
-    # query moves it), and the host is whatever follows: a host or user name that no server
-    # could have is a misreading, and may hold part of the password.
-    if url is None or not all(
-        _PLAUSIBLE.fullmatch(part) for part in (url.host, url.username) if part is not None
-    ):
-        raise _unsupported(raw, _why_unparsable(str(raw)))
-    return url
-
-
-def _why_unparsable(text: str) -> str:
-    if "://" not in text:
-        if "=" in text and not text.lstrip().lower().startswith(("postgres", "sqlite")):
-            why = (
-                "it looks like a libpq keyword/value string (host=... dbname=...), not a URL; "
-                "write it as postgresql://user:password@host:port/dbname"
-            )
-        else:
-            why = "there is no '://' after the scheme"
-    elif text.count("@") > 1:
-        why = "it has more than one '@'; percent-encode an '@' in the password as %40"
-    elif any(c.isspace() for c in text.strip()):
-        why = "it contains whitespace; percent-encode a space in the password as %20"
-    else:
-        why = (
-            "the port must be a number, and '/', '?', '#', '@' and ':' in the user name or "
-            "password must be percent-encoded"
-        )
-    return f"it could not be parsed ({why})"
-
-
-def _require(module: str, what: str, install: str) -> None:
-    try:
-        __import__(module)
-    except ImportError as exc:
-        raise DriverNotInstalledError(
-            f"{what} needs the {module!r} package, which is not installed: pip install {install}"
-        ) from exc
-
-
-def _normalise_url(raw: str | URL) -> tuple[URL, URL, Dialect, bool]:
-    """(async URL, sync URL, dialect, in-memory) for a URL as users write it."""
-    if not isinstance(raw, (str, URL)):
-        raise ConfigurationError(f"the database URL must be a string, got {type(raw).__name__}")
-    url = _parse_url(raw)
-    backend, _, driver = url.drivername.partition("+")
-    if backend in {"postgresql", "postgres"}:
-        if driver and driver not in _POSTGRES_DRIVERS:
-            raise _unsupported(raw, f"unknown PostgreSQL driver {driver!r}")
-        other_secrets = [key for key in url.query if "pass" in key.lower() and key != "password"]
-        if other_secrets:
-            raise _unsupported(
-                raw,
-                f"its query sets {', '.join(map(repr, other_secrets))}, which this library does "
-                "not pass on (names are case-sensitive); the login password goes in the user "
-                "info (postgresql://user:password@host/dbname) or as ?password=",
-            )
-        if "password" in url.query:
-            # libpq reads a password from the query too; kept there, SQLAlchemy would show
-            # it in every repr of the URL and the engine, so it moves where it is hidden.
-            password = url.query["password"]
-            if not isinstance(password, str):  # ?password=a&password=b
-                raise _unsupported(raw, "its query sets password more than once")
-            url = url.set(password=password).difference_update_query(["password"])
-        # No database name: asyncpg and libpq both default it (PGDATABASE, else the user
-        # name), so it is left to them.
-        _require("asyncpg", "PostgreSQL", "'atom_async_db[postgres]'")
-        libpq_names = {v: k for k, v in _ASYNCPG_QUERY_RENAMES.items()}
-        async_query = {_ASYNCPG_QUERY_RENAMES.get(k, k): v for k, v in url.query.items()}
-        for name in ASYNCPG_SECONDS:
-            if name in async_query:
-                label = f"{libpq_names.get(name, name)} in the URL"
-                _number(async_query[name], label, float, "a number of seconds")
-        sync_query = {libpq_names.get(k, k): v for k, v in url.query.items()}
-        return (
-            url.set(drivername="postgresql+asyncpg", query=async_query),
-            url.set(drivername=f"postgresql+{_POSTGRES_DRIVERS[driver]}", query=sync_query),
-            "postgresql",
-            False,
-        )
-    if backend == "sqlite":
-        if driver and driver not in _SQLITE_DRIVERS:
-            raise _unsupported(raw, f"unknown SQLite driver {driver!r}")
-        if url.username or url.password or url.host or "password" in url.query:
-            raise _unsupported(
-                raw,
-                "a SQLite URL names a file, and has no user, password or host "
-                "(sqlite:///relative/path.db, sqlite:////absolute/path.db)",
-            )
-        _require("aiosqlite", "SQLite", "aiosqlite")
-        database = url.database or ""
-        if database in {"", ":memory:"}:
-            # Each plain ":memory:" connection is a database of its own; a named shared-cache
-            # database lets every connection of every event loop and thread see the same data.
-            name = f"atom-memory-{secrets.token_hex(8)}"
-            memory_url = URL.create(
-                "sqlite+aiosqlite",
-                database=f"file:{name}",
-                query={"mode": "memory", "cache": "shared", "uri": "true"},
-            )
-            return memory_url, memory_url.set(drivername="sqlite+pysqlite"), "sqlite", True
-        if url.query.get("uri") not in {"true", "1"}:
-            # Resolve now, so a later chdir() cannot point another loop or thread elsewhere.
-            database = os.path.abspath(database)
-        file_url = url.set(database=database)
-        return (
-            file_url.set(drivername="sqlite+aiosqlite"),
-            file_url.set(drivername="sqlite+pysqlite"),
-            "sqlite",
-            False,
-        )
-    raise _unsupported(raw, f"unknown database dialect {backend!r}")
-
-
 def build_settings(
     url: str | URL | None = None,
     *,
@@ -423,7 +272,7 @@ def build_settings(
             f"unknown option {', '.join(hints)}; accepted options: url, engine_options, "
             + ", ".join(OPTIONS)
         )
-    async_url, sync_url, dialect, memory = _normalise_url(_resolve_url(url, environ))
+    async_url, sync_url, dialect, memory = normalise_url(_resolve_url(url, environ))
     values: dict[str, Any] = {}
     for name, option in OPTIONS.items():
         if name in options and options[name] is not None:
