@@ -9,22 +9,20 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from contextvars import ContextVar
 from typing import Any
 
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from typing_extensions import Unpack
 
-from ._drain import OpenScope, OpenScopes
+from ._drain import OpenScope
 from ._engine import create_engine_for, create_sync_engine_for, open_memory_anchor
 from ._loops import LoopEngines
 from ._options import SessionOptionArgs, SessionOptions
 from ._pool import FairPool
-from ._session import ActiveScope, SessionScope, TestTransaction
+from ._session import Scopes, SessionScope
 from ._settings import Settings, build_settings
 from ._tracked import BackingSession, SingleTaskAsyncSession
-from .exceptions import DatabaseDisposedError
 
 __all__ = ["Database"]
 
@@ -88,20 +86,18 @@ class Database:
         self._engines = LoopEngines(
             lambda: create_engine_for(settings), dispose_timeout=settings.cleanup_timeout
         )
-        self._sessionmaker = async_sessionmaker(
-            class_=SingleTaskAsyncSession,
-            expire_on_commit=False,
-            sync_session_class=BackingSession,
-        )
-        self._active: ContextVar[ActiveScope | None] = ContextVar(
-            "atom_async_db.active_scope", default=None
+        self._scopes = Scopes(
+            repr(self),
+            settings,
+            self._engines,
+            async_sessionmaker(
+                class_=SingleTaskAsyncSession,
+                expire_on_commit=False,
+                sync_session_class=BackingSession,
+            ),
         )
         self._sync_engine: Engine | None = None
-        # Set while a test runs inside a rolled-back transaction (atom_async_db.testing).
-        self._test_transaction: TestTransaction | None = None
         self._sync_engine_lock = threading.Lock()
-        self._open_scopes = OpenScopes()  # for the shutdown drain
-        self._disposed = False  # set when dispose() begins: no new sessions
         # The pytest plugin's database outlives the application's lifespans: its dispose()
         # drains and closes, and the next use opens new pools.
         self._reopens = False
@@ -127,10 +123,7 @@ class Database:
             NoEventLoopError: called outside a running event loop.
             DatabaseDisposedError: the database was disposed.
         """
-        engine = self._engines.current(create=not self._disposed)
-        if engine is None:
-            raise self._disposed_error()
-        return engine
+        return self._scopes.engine()
 
     @property
     def sync_engine(self) -> Engine:
@@ -147,8 +140,8 @@ class Database:
         """
         engine = self._sync_engine
         if engine is None:
-            if self._disposed:
-                raise self._disposed_error()
+            if self._scopes.disposed:
+                raise self._scopes.disposed_error()
             with self._sync_engine_lock:
                 engine = self._sync_engine
                 if engine is None:
@@ -164,14 +157,14 @@ class Database:
         Same as :func:`atom_async_db.get_async_db_session`, on this database.
         """
         checked = SessionOptions.of(self.settings.dialect, options)
-        return SessionScope(self, commit=True, independent=independent, options=checked)
+        return SessionScope(self._scopes, commit=True, independent=independent, options=checked)
 
     async def get_async_db(self) -> AsyncIterator[AsyncSession]:
         """FastAPI dependency: a request-scoped session that never commits on its own.
 
         Same as :func:`atom_async_db.get_async_db`, on this database.
         """
-        async with SessionScope(self, commit=False) as session:
+        async with SessionScope(self._scopes, commit=False) as session:
             yield session
 
     async def get_async_db_transaction(self) -> AsyncIterator[AsyncSession]:
@@ -180,14 +173,14 @@ class Database:
         Same as :func:`atom_async_db.get_async_db_transaction`, on this database; declare
         it with ``Depends(..., scope="function")``.
         """
-        async with SessionScope(self, commit=True) as session:
+        async with SessionScope(self._scopes, commit=True) as session:
             yield session
 
     @property
     def disposed(self) -> bool:
         """Whether :meth:`dispose` (or :meth:`dispose_sync_engine`) has begun: the database
         opens no new sessions."""
-        return self._disposed
+        return self._scopes.disposed
 
     async def dispose(self) -> None:
         """Shut the database down: drain its sessions, then close its connections.
@@ -209,14 +202,14 @@ class Database:
         in-memory SQLite database keeps its data until the ``Database`` itself is garbage
         collected.
         """
-        self._disposed = True
+        self._scopes.disposed = True
         loop = asyncio.get_running_loop()
         me = asyncio.current_task()
 
         def drained(scope: OpenScope) -> bool:
             return scope.owner is not me and scope.loop in (loop, None)
 
-        still_open = await self._open_scopes.wait(drained, self.settings.drain_timeout)
+        still_open = await self._scopes.open.wait(drained, self.settings.drain_timeout)
         stopping = {
             scope.owner
             for scope in still_open
@@ -234,10 +227,10 @@ class Database:
             task.cancel("atom_async_db: dispose() stopped this session after drain_timeout")
         if stopping:  # each one's cleanup is bounded (see _session._release)
             limit = 2 * self.settings.cleanup_timeout + 1
-            await self._open_scopes.wait(lambda scope: scope.owner in stopping, limit)
+            await self._scopes.open.wait(lambda scope: scope.owner in stopping, limit)
         await self._engines.close_current()
         self._close_sync_engine()
-        self._disposed = not self._reopens
+        self._scopes.disposed = not self._reopens
 
     def dispose_sync_engine(self) -> None:
         """:meth:`dispose` for sync programs, which have no loop to await it on: new
@@ -245,9 +238,9 @@ class Database:
         ``drain_timeout`` seconds to end, and the sync pool is closed (the connections of
         sessions still open close as each ends; threads cannot be stopped).
         """
-        self._disposed = True
+        self._scopes.disposed = True
         me = threading.current_thread()
-        still_open = self._open_scopes.wait_sync(
+        still_open = self._scopes.open.wait_sync(
             lambda scope: scope.loop is None and scope.owner is not me,
             self.settings.drain_timeout,
         )
@@ -259,7 +252,7 @@ class Database:
                 self.settings.drain_timeout,
             )
         self._close_sync_engine()
-        self._disposed = not self._reopens
+        self._scopes.disposed = not self._reopens
 
     def _close_sync_engine(self) -> None:
         with self._sync_engine_lock:
@@ -269,13 +262,6 @@ class Database:
             if isinstance(pool, FairPool):
                 pool.close()
             engine.dispose()
-
-    def _disposed_error(self) -> DatabaseDisposedError:
-        return DatabaseDisposedError(
-            f"{self!r} was disposed (its shutdown began), so it opens no new session. To "
-            "start again, configure it anew: atom_async_db.configure(...) for the default "
-            "database, or a new Database(...)"
-        )
 
     def __repr__(self) -> str:
         return f"Database({self.url!r})"

@@ -146,7 +146,7 @@ async def get_async_db() -> AsyncIterator[AsyncSession]:
     In tests, :mod:`atom_async_db.testing` (and the pytest plugin's ``async_db_session``)
     makes it join the test's rolled-back transaction; no override is needed.
     """
-    async with SessionScope(get_database(), commit=False) as session:
+    async with SessionScope(get_database()._scopes, commit=False) as session:
         yield session
 
 
@@ -172,7 +172,7 @@ async def get_async_db_transaction() -> AsyncIterator[AsyncSession]:
     sent. Streaming bodies and ``BackgroundTasks`` run after the session ended: open
     ``get_async_db_session()`` inside them.
     """
-    async with SessionScope(get_database(), commit=True) as session:
+    async with SessionScope(get_database()._scopes, commit=True) as session:
         yield session
 
 

@@ -27,15 +27,17 @@ import warnings
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
 from ._cleanup import run_to_completion
+from ._drain import OpenScopes
+from ._loops import LoopEngines
 from ._nesting import Outer, Place, is_graceful, place
 from ._options import NO_OPTIONS, SessionOptions
+from ._settings import Settings
 from ._tracked import (
     COMMITTED_BEFORE_CANCEL_NOTE,
     NESTED_SESSION,
@@ -44,10 +46,7 @@ from ._tracked import (
     hand_over_to_outer,
     has_unsaved_changes,
 )
-from .exceptions import PoolTimeoutError, UncommittedChangesWarning
-
-if TYPE_CHECKING:
-    from ._database import Database
+from .exceptions import DatabaseDisposedError, PoolTimeoutError, UncommittedChangesWarning
 
 logger = logging.getLogger("atom_async_db")
 
@@ -100,6 +99,57 @@ class ActiveScope:
     """The options of the transaction the scope is in (a joining scope's are its outer's)."""
 
 
+class Scopes:
+    """What the session scopes of one database share, kept by its ``Database``: its
+    settings, how its sessions are made, the scope each task or thread is in (``active``),
+    the open scopes (``open``, for the shutdown drain), the test transaction while a test
+    runs in one, and whether the database was disposed."""
+
+    __slots__ = (
+        "active",
+        "disposed",
+        "engines",
+        "make_session",
+        "name",
+        "open",
+        "settings",
+        "test_transaction",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        engines: LoopEngines,
+        make_session: async_sessionmaker[AsyncSession],
+    ) -> None:
+        self.name = name  # the database, as its errors name it
+        self.settings = settings
+        self.engines = engines
+        self.make_session = make_session
+        self.active: ContextVar[ActiveScope | None] = ContextVar(
+            "atom_async_db.active_scope", default=None
+        )
+        self.open = OpenScopes()
+        # Set while a test runs inside a rolled-back transaction (atom_async_db.testing).
+        self.test_transaction: TestTransaction | None = None
+        self.disposed = False  # set when dispose() begins: no new sessions
+
+    def engine(self) -> AsyncEngine:
+        """The running loop's engine; none is made once the database was disposed."""
+        engine = self.engines.current(create=not self.disposed)
+        if engine is None:
+            raise self.disposed_error()
+        return engine
+
+    def disposed_error(self) -> DatabaseDisposedError:
+        return DatabaseDisposedError(
+            f"{self.name} was disposed (its shutdown began), so it opens no new session. To "
+            "start again, configure it anew: atom_async_db.configure(...) for the default "
+            "database, or a new Database(...)"
+        )
+
+
 def restore_active(
     variable: ContextVar[ActiveScope | None], token: Token[ActiveScope | None]
 ) -> None:
@@ -116,10 +166,10 @@ class SessionScope:
 
     __slots__ = (
         "_commit",
-        "_database",
         "_independent",
         "_options",
         "_outer",
+        "_scopes",
         "_session",
         "_token",
         "_turn",
@@ -127,13 +177,13 @@ class SessionScope:
 
     def __init__(
         self,
-        database: Database,
+        scopes: Scopes,
         *,
         commit: bool,
         independent: bool = False,
         options: SessionOptions | None = None,
     ) -> None:
-        self._database = database
+        self._scopes = scopes
         self._commit = commit
         self._independent = independent
         self._options = options
@@ -145,11 +195,11 @@ class SessionScope:
     async def __aenter__(self) -> AsyncSession:
         if self._session is not None:
             raise RuntimeError("a session scope cannot be entered twice; call the function again")
-        database = self._database
+        scopes = self._scopes
         task = asyncio.current_task()
-        active = database._active.get()
-        if active is None and database._disposed:  # (a block inside a session may go on)
-            raise database._disposed_error()
+        active = scopes.active.get()
+        if active is None and scopes.disposed:  # (a block inside a session may go on)
+            raise scopes.disposed_error()
         options = self._options or NO_OPTIONS  # the options of the transaction it will be in
         outer = None
         # (A sync scope of the same task, the legacy API on the loop's thread, cannot be
@@ -157,12 +207,12 @@ class SessionScope:
         outer_options = NO_OPTIONS
         if active is not None and active.owner is task and isinstance(active.session, AsyncSession):
             outer, outer_options = active.session, active.options
-        pinned = database._test_transaction
+        pinned = scopes.test_transaction
         where = Place.OWN  # the common case, decided without a call
         if outer is not None or pinned is not None:
             where = place(
                 "async",
-                database.settings.dialect,
+                scopes.settings.dialect,
                 outer=None if outer is None else Outer(outer_options, outer.sync_session),
                 test_transaction=None if pinned is None else pinned.connection is not None,
                 independent=self._independent,
@@ -173,21 +223,21 @@ class SessionScope:
             # The inner block must see what the outer one has done so far.
             await outer.flush()
             connection = await outer.connection()
-            session = database._sessionmaker(bind=connection, **NESTED_SESSION)
+            session = scopes.make_session(bind=connection, **NESTED_SESSION)
             self._outer = outer
             options = outer_options
         elif where is Place.TEST_ROOT:
             assert pinned is not None
-            self._turn = await _take_turn(pinned, database)
-            session = database._sessionmaker(bind=pinned.connection, **TEST_ROOT_SESSION)
+            self._turn = await _take_turn(pinned, scopes.settings.test_turn_timeout)
+            session = scopes.make_session(bind=pinned.connection, **TEST_ROOT_SESSION)
         else:
-            session = database._sessionmaker(bind=database.engine)
+            session = scopes.make_session(bind=scopes.engine())
             # Its transaction begins at checkout, as the connection's ping (see _ping),
             # unless options are to be set on the connection before it begins.
             session.sync_session.begin_at_checkout = not self._options  # type: ignore[attr-defined]
         self._session = session
-        self._token = database._active.set(ActiveScope(task, session, options))
-        database._open_scopes.opened(self, task, asyncio.get_running_loop())
+        self._token = scopes.active.set(ActiveScope(task, session, options))
+        scopes.open.opened(self, task, asyncio.get_running_loop())
         # Inside a test transaction the options cannot apply (it has begun long ago).
         if self._options and self._outer is None and self._turn is None:
             try:
@@ -208,13 +258,13 @@ class SessionScope:
         finally:
             if self._turn is not None:
                 self._turn.release()
-            self._database._open_scopes.closed(self)
+            self._scopes.open.closed(self)
 
     async def _exit(self, exc: BaseException | None) -> None:
         session, token = self._session, self._token
         assert session is not None
         assert token is not None
-        restore_active(self._database._active, token)
+        restore_active(self._scopes.active, token)
         if exc is not None:
             await self._release(session, graceful=is_graceful("async", exc))
             return
@@ -241,12 +291,11 @@ class SessionScope:
             # it short, and the shielded cleanup task would be pure overhead.
             session.sync_session.close()
             return
-        limit = self._database.settings.cleanup_timeout
+        limit = self._scopes.settings.cleanup_timeout
         await run_to_completion(_release(session, graceful, limit), deadline=2 * limit + 1)
 
 
-async def _take_turn(pinned: TestTransaction, database: Database) -> asyncio.Lock:
-    limit = database.settings.test_turn_timeout
+async def _take_turn(pinned: TestTransaction, limit: float) -> asyncio.Lock:
     try:
         async with asyncio.timeout(limit):
             await pinned.turn.acquire()

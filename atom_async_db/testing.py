@@ -59,12 +59,12 @@ async def rollback_transaction(database: Database | None = None) -> AsyncIterato
     _refuse_a_second(database)
     connection = await database.engine.connect()
     transaction = await connection.begin()
-    database._test_transaction = TestTransaction(connection=connection)
-    session = database._sessionmaker(bind=connection, **TEST_ROOT_SESSION)
+    database._scopes.test_transaction = TestTransaction(connection=connection)
+    session = database._scopes.make_session(bind=connection, **TEST_ROOT_SESSION)
     try:
         yield session
     finally:
-        database._test_transaction = None
+        database._scopes.test_transaction = None
         try:
             await session.close()
             await transaction.rollback()
@@ -86,13 +86,13 @@ def rollback_transaction_sync(
     _refuse_a_second(database)
     connection = database.sync_engine.connect()
     transaction = connection.begin()
-    database._test_transaction = TestTransaction(sync_connection=connection)
+    database._scopes.test_transaction = TestTransaction(sync_connection=connection)
     factory: Callable[..., Session] = session_factory or TrackedSession
     session = factory(bind=connection, **_sync_session_options())
     try:
         yield session
     finally:
-        database._test_transaction = None
+        database._scopes.test_transaction = None
         try:
             session.close()
             transaction.rollback()
@@ -101,7 +101,7 @@ def rollback_transaction_sync(
 
 
 def _refuse_a_second(database: Database) -> None:
-    if database._test_transaction is not None:
+    if database._scopes.test_transaction is not None:
         raise RuntimeError(
             "a test transaction is already open on this database: a test takes either "
             "async_db_session (async code) or db_session (sync legacy code), not both"

@@ -118,7 +118,7 @@ async def run_legacy(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwarg
 def _scope(*, commit: bool, independent: bool = False) -> AbstractContextManager[Session]:
     database = get_database()
     if in_greenlet():
-        return _bridged(SessionScope(database, commit=commit, independent=independent))
+        return _bridged(SessionScope(database._scopes, commit=commit, independent=independent))
     make_session = functools.partial(SessionLocal, database=database)
     return SyncSessionScope(database, make_session, commit=commit, independent=independent)
 

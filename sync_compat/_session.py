@@ -118,7 +118,7 @@ class LegacySession(TrackedSession):
         if database is None:
             database = self._atom_database = atom_async_db.get_database()
         where = _where()
-        pinned = database._test_transaction
+        pinned = database._scopes.test_transaction
         if pinned is not None:  # a test's rolled-back transaction: join it (atom_async_db.testing)
             async_connection = pinned.connection if where is _Where.BRIDGED else None
             connection = (

@@ -75,16 +75,17 @@ class SyncSessionScope:
         if self._session is not None:
             raise RuntimeError("a session scope cannot be entered twice; call the function again")
         database = self._database
+        scopes = database._scopes
         # The owner is the thread, or the task when this runs on an event loop's thread.
         task = asyncio.current_task() if asyncio._get_running_loop() is not None else None
         owner: object = task or threading.current_thread()
-        active = database._active.get()
-        if active is None and database._disposed:
-            raise database._disposed_error()
+        active = scopes.active.get()
+        if active is None and scopes.disposed:
+            raise scopes.disposed_error()
         outer = None
         if active is not None and active.owner is owner and isinstance(active.session, Session):
             outer = active.session
-        pinned = database._test_transaction
+        pinned = scopes.test_transaction
         connection = pinned.sync_connection if pinned is not None else None
         where = place(
             "sync",
@@ -110,8 +111,8 @@ class SyncSessionScope:
         else:
             session = self._make_session()
         self._session = session
-        self._token = database._active.set(ActiveScope(owner, session))
-        database._open_scopes.opened(self, owner, None)
+        self._token = scopes.active.set(ActiveScope(owner, session))
+        scopes.open.opened(self, owner, None)
         return session
 
     def __exit__(
@@ -125,13 +126,13 @@ class SyncSessionScope:
         finally:
             if self._turn is not None:
                 self._turn.release()
-            self._database._open_scopes.closed(self)
+            self._database._scopes.open.closed(self)
 
     def _exit(self, exc: BaseException | None) -> None:
         session, token = self._session, self._token
         assert session is not None
         assert token is not None
-        restore_active(self._database._active, token)
+        restore_active(self._database._scopes.active, token)
         if exc is not None:
             _release(session, graceful=is_graceful("sync", exc))
             return
