@@ -7,14 +7,20 @@ hand-off ``run_legacy`` needs, and the default database.
 """
 
 from ._cancel import deliver_rearmed_cancellation
-from ._database import Database
 from ._default import current_default
 from ._engine import create_sync_engine_for
 from ._masking import mask_url
 from ._nesting import Outer, Place, is_graceful, place
 from ._options import NO_OPTIONS
 from ._pool import FairPool
-from ._session import ActiveScope, SessionScope, restore_active, turn_timeout, warn_uncommitted
+from ._session import (
+    ActiveScope,
+    Scopes,
+    SessionScope,
+    restore_active,
+    turn_timeout,
+    warn_uncommitted,
+)
 from ._tracked import (
     NESTED_SESSION,
     TEST_ROOT_SESSION,
@@ -28,10 +34,10 @@ __all__ = [
     "NO_OPTIONS",
     "TEST_ROOT_SESSION",
     "ActiveScope",
-    "Database",
     "FairPool",
     "Outer",
     "Place",
+    "Scopes",
     "SessionScope",
     "TrackedSession",
     "create_sync_engine_for",

@@ -120,7 +120,7 @@ def _scope(*, commit: bool, independent: bool = False) -> AbstractContextManager
     if in_greenlet():
         return _bridged(SessionScope(database._scopes, commit=commit, independent=independent))
     make_session = functools.partial(SessionLocal, database=database)
-    return SyncSessionScope(database, make_session, commit=commit, independent=independent)
+    return SyncSessionScope(database._scopes, make_session, commit=commit, independent=independent)
 
 
 @contextmanager

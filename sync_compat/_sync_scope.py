@@ -18,9 +18,9 @@ from atom_async_db._compat import (
     NO_OPTIONS,
     TEST_ROOT_SESSION,
     ActiveScope,
-    Database,
     Outer,
     Place,
+    Scopes,
     hand_over_to_outer,
     has_unsaved_changes,
     is_graceful,
@@ -45,10 +45,10 @@ class SyncSessionScope:
 
     __slots__ = (
         "_commit",
-        "_database",
         "_independent",
         "_make_session",
         "_outer",
+        "_scopes",
         "_session",
         "_token",
         "_turn",
@@ -56,13 +56,13 @@ class SyncSessionScope:
 
     def __init__(
         self,
-        database: Database,
+        scopes: Scopes,
         make_session: Callable[..., Session],
         *,
         commit: bool,
         independent: bool = False,
     ) -> None:
-        self._database = database
+        self._scopes = scopes
         self._make_session = make_session
         self._commit = commit
         self._independent = independent
@@ -74,8 +74,7 @@ class SyncSessionScope:
     def __enter__(self) -> Session:
         if self._session is not None:
             raise RuntimeError("a session scope cannot be entered twice; call the function again")
-        database = self._database
-        scopes = database._scopes
+        scopes = self._scopes
         # The owner is the thread, or the task when this runs on an event loop's thread.
         task = asyncio.current_task() if asyncio._get_running_loop() is not None else None
         owner: object = task or threading.current_thread()
@@ -89,7 +88,7 @@ class SyncSessionScope:
         connection = pinned.sync_connection if pinned is not None else None
         where = place(
             "sync",
-            database.settings.dialect,
+            scopes.settings.dialect,
             outer=None if outer is None else Outer(NO_OPTIONS, outer),
             test_transaction=None if pinned is None else connection is not None,
             independent=self._independent,
@@ -103,7 +102,7 @@ class SyncSessionScope:
         elif where is Place.TEST_ROOT:
             # Threads take turns on the test's one connection, as tasks do on the async one.
             assert pinned is not None
-            limit = database.settings.test_turn_timeout
+            limit = scopes.settings.test_turn_timeout
             if not pinned.sync_turn.acquire(timeout=limit):
                 raise turn_timeout("thread", limit)
             self._turn = pinned.sync_turn
@@ -126,13 +125,13 @@ class SyncSessionScope:
         finally:
             if self._turn is not None:
                 self._turn.release()
-            self._database._scopes.open.closed(self)
+            self._scopes.open.closed(self)
 
     def _exit(self, exc: BaseException | None) -> None:
         session, token = self._session, self._token
         assert session is not None
         assert token is not None
-        restore_active(self._database._scopes.active, token)
+        restore_active(self._scopes.active, token)
         if exc is not None:
             _release(session, graceful=is_graceful("sync", exc))
             return
