@@ -23,15 +23,17 @@ MASK = "***"
 # keyword string, an environment-style assignment; also ``sslpassword``, ``PGPASSWORD``.
 # A value is taken to run up to the next ``key=`` (or the end), so that a space, an ``&``
 # or a quote inside it cannot leave its tail showing.
+# A quoted value is taken whole first, so that a "key=" inside the quotes does not end it.
 _KEYWORD_SECRET = re.compile(
-    r"(?is)([\w.-]*pass(?:word|wd)?[\w.-]*\s*=\s*)(.*?)(?=[\s&;,]+[\w.-]+\s*=|\s*$)"
+    r"""(?is)([\w.-]*pass(?:word|wd)?[\w.-]*\s*=\s*)"""
+    r"""((?:'(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?)?.*?)(?=[\s&;,]+[\w.-]+\s*=|\s*$)"""
 )
 # Where the user info starts: after "scheme://" (or "scheme//"), else after "scheme:".
 _AUTHORITY = re.compile(r"\s*[A-Za-z][\w+.-]*:?\s*//")
 _SCHEME = re.compile(r"\s*[A-Za-z][\w+.-]*:")
 # ``scheme://user:secret`` with no ``@`` puts the password where the port goes.
 _PORT_WITHOUT_USER = re.compile(r"(?s)(//[^/?#:@\s]*:)(.*)")
-_PORT_AND_PATH = re.compile(r"(?s)\d*(?:[/?#].*)?")
+_PORT_AND_PATH = re.compile(r"(?s)(\d{0,5})(?:[/?#].*)?")
 
 
 def mask_url(url: str | URL) -> str:
@@ -43,20 +45,39 @@ def mask_url(url: str | URL) -> str:
     """
     if isinstance(url, URL):
         return _mask_keywords(url.render_as_string(hide_password=True))
-    return _mask_user_info(_mask_keywords(str(url)))
+    # Encoded letters and digits decoded first, so that an encoded "password" key is still
+    # one; encoded separators ("%40", "%2F") stay, or they would move the user info's end.
+    return _mask_user_info(_mask_keywords(_ENCODED_WORD_CHARACTER.sub(_decoded, str(url))))
 
 
 def mask_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``values`` (``connect_args``, ``engine_options``) with password values
     masked, nested mappings included; for reprs."""
-    return {
-        key: MASK
-        if "pass" in str(key).lower()
-        else mask_mapping(value)
-        if isinstance(value, Mapping)
-        else value
-        for key, value in values.items()
-    }
+    return {key: _masked_value(key, value) for key, value in values.items()}
+
+
+def _masked_value(key: object, value: Any) -> Any:
+    if "pass" in str(key).lower():
+        return MASK
+    if isinstance(value, Mapping):
+        return mask_mapping(value)
+    if isinstance(value, str) and ("://" in value or "pass" in value.lower()):
+        return mask_url(value)  # a DSN
+    return value
+
+
+_ENCODED_WORD_CHARACTER = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _decoded(escape: re.Match[str]) -> str:
+    char = chr(int(escape[1], 16))
+    return char if char.isalnum() or char == "_" else escape[0]
+
+
+def _is_port(text: str) -> bool:
+    """Whether what follows "host:" reads as a port (and a path), not a password."""
+    found = _PORT_AND_PATH.fullmatch(text)
+    return found is not None and (not found[1] or int(found[1]) <= 65535)
 
 
 def _mask_keywords(text: str) -> str:
@@ -66,9 +87,7 @@ def _mask_keywords(text: str) -> str:
 def _mask_user_info(text: str) -> str:
     at = text.rfind("@")
     if at < 0:
-        return _PORT_WITHOUT_USER.sub(
-            lambda m: m[0] if _PORT_AND_PATH.fullmatch(m[2]) else m[1] + MASK, text
-        )
+        return _PORT_WITHOUT_USER.sub(lambda m: m[0] if _is_port(m[2]) else m[1] + MASK, text)
     authority = _AUTHORITY.match(text)
     if authority is not None and authority.end() <= at:
         user, colon, _ = text[authority.end() : at].partition(":")

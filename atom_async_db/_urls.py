@@ -49,6 +49,7 @@ def _unsupported(raw: str | URL, reason: str) -> ConfigurationError:
 
 # A host name, an IP address (v6 without its brackets, perhaps with a zone), a user name.
 _PLAUSIBLE = re.compile(r"[\w.:%+-]*")
+_QUERY_KEY = re.compile(r"[\w.-]+")
 
 
 def _parse_url(raw: str | URL) -> URL:
@@ -64,8 +65,18 @@ def _parse_url(raw: str | URL) -> URL:
     # The parser takes the last '@' of the text as the end of the user info (an '@' in the
     # query moves it), and the host is whatever follows: a host or user name that no server
     # could have is a misreading, and may hold part of the password.
-    if url is None or not all(
-        _PLAUSIBLE.fullmatch(part) for part in (url.host, url.username) if part is not None
+    # A second '@' (the password's, unencoded) can also land in the path or the query, and
+    # a stray slash can move the user info into the database name.
+    if (
+        url is None
+        or not all(
+            _PLAUSIBLE.fullmatch(part) for part in (url.host, url.username) if part is not None
+        )
+        or (isinstance(raw, str) and raw.count("@") > 1)
+        or "@" in (url.database or "")
+        or (not url.drivername.startswith("sqlite") and ":" in (url.database or ""))
+        or not all(_QUERY_KEY.fullmatch(key) for key in url.query)
+        or (url.port is not None and not 0 < url.port <= 65535)
     ):
         raise _unsupported(raw, _why_unparsable(str(raw)))
     return url
@@ -82,12 +93,18 @@ def _why_unparsable(text: str) -> str:
             why = "there is no '://' after the scheme"
     elif text.count("@") > 1:
         why = "it has more than one '@'; percent-encode an '@' in the password as %40"
+    elif "@" in text.partition("://")[2].partition("/")[2]:
+        why = (
+            "the user info ends up in the database name; write two slashes after the "
+            "scheme (scheme://user:password@host/dbname) and percent-encode a '/' in the "
+            "user name or password as %2F"
+        )
     elif any(c.isspace() for c in text.strip()):
         why = "it contains whitespace; percent-encode a space in the password as %20"
     else:
         why = (
-            "the port must be a number, and '/', '?', '#', '@' and ':' in the user name or "
-            "password must be percent-encoded"
+            "the port must be a number from 1 to 65535, and '/', '?', '#', '@' and ':' in "
+            "the user name or password must be percent-encoded"
         )
     return f"it could not be parsed ({why})"
 

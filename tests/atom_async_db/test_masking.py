@@ -38,6 +38,12 @@ TEMPLATES = (
     "host={h} password='{p}' dbname={d}",
     "password = {p} host={h}",
     "{s}://{u}:{p}@{h}/{d}?sslpassword={p}",
+    # found by a review: a stray slash moves the user info into the database name, a
+    # percent-encoded key, a quoted value holding "key="
+    "{s}:///{u}:{p}@{h}/{d}",
+    "{s}://x/{u}:{p}@{h}/{d}",
+    "{s}:/{u}@{h}/{d}?pass%77ord={p}",
+    "host={h} password='abc d={p}' dbname={d}",
 )
 SCHEMES = ("postgresql", "postgresql+asyncpg", "postgres", "postgresql+nodriver", "mysql", "sqlite")
 
@@ -48,7 +54,7 @@ def password_forms(rng: random.Random) -> Iterator[str]:
     yield SENTINEL
     yield urllib.parse.quote(SENTINEL, safe="")
     yield "".join(f"%{ord(c):02X}" for c in SENTINEL)
-    for char in "@:/ #?&=%'\"\\":
+    for char in ("@", ":", "/", " ", "#", "?", "&", "=", "%", "'", '"', "\\", "@/", "@?"):
         middle = len(SENTINEL) // 2
         for inserted in (char, urllib.parse.quote(char, safe="")):
             yield SENTINEL[:middle] + inserted * rng.randint(1, 2) + SENTINEL[middle:]

@@ -140,6 +140,9 @@ def test_memory_urls_become_a_named_shared_database(url: str) -> None:
         ("postgresql://u:s3cret", "the port must be a number"),
         ("postgresql://u:s3@cret@h/db", "percent-encode an '@' in the password as %40"),
         ("host=h user=u password=s3cret", "libpq keyword/value string"),
+        ("postgresql:///u:s3cret@h/db", "the user info ends up in the database name"),
+        ("postgresql://u:s3cret@x/y@h/db", "more than one '@'"),
+        ("postgresql://u:65536/db", "from 1 to 65535"),
     ],
 )
 def test_bad_urls_are_named_masked_and_explained(url: str, complaint: str) -> None:
