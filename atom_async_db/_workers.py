@@ -11,6 +11,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, 
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import anyio
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ._database import Database
@@ -68,8 +69,8 @@ async def run_each(
 
     Raises:
         ValueError: ``limit`` is below 1.
-        DatabaseDisposedError: the database was disposed meanwhile (the items in flight
-            were drained first).
+        DatabaseDisposedError: the database was disposed meanwhile, once the items in
+            flight have finished (the shutdown drains them).
     """
     outcomes: dict[int, ItemOutcome[_Item, _Result]] = {}
     async with contextlib.aclosing(_outcomes(items, fn, limit, database)) as finished:
@@ -107,8 +108,10 @@ async def stream_each(
 
     Raises:
         ValueError: ``limit`` is below 1.
-        DatabaseDisposedError: the database was disposed meanwhile (the items in flight
-            were drained first): a worker stops with its database.
+        DatabaseDisposedError: the database was disposed meanwhile: a worker stops with
+            its database. The items in flight finish first (the shutdown drains them),
+            and an item taken as the shutdown began is yielded first, unprocessed, with
+            this error.
     """
     async with contextlib.aclosing(_outcomes(items, fn, limit, database)) as finished:
         async for _, outcome in finished:
@@ -135,9 +138,13 @@ async def _outcomes(
     finished: asyncio.Queue[tuple[int, ItemOutcome[_Item, _Result]] | asyncio.Task[None]]
     finished = asyncio.Queue()
 
+    disposed: list[DatabaseDisposedError] = []  # the database's shutdown, once seen
+
     async def worker() -> None:
         while True:
             await room.acquire()
+            if disposed:
+                return
             async with pulling:
                 numbered = await anext(source, None)
             if numbered is None:
@@ -146,8 +153,12 @@ async def _outcomes(
             try:
                 async with database.get_async_db_session() as session:
                     result = await fn(session, item)
-            except DatabaseDisposedError:
-                raise  # the shutdown: no item can succeed any more, so stop
+            except DatabaseDisposedError as error:
+                # The shutdown refused this item's session: it is reported unprocessed, no
+                # more items are taken, and the items in flight finish (the drain waits).
+                disposed.append(error)
+                finished.put_nowait((index, ItemOutcome(item, error=error)))
+                return
             except Exception as error:
                 logger.warning("run_each: item %r failed and was rolled back: %r", item, error)
                 finished.put_nowait((index, ItemOutcome(item, error=error)))
@@ -168,23 +179,43 @@ async def _outcomes(
                 continue
             room.release()
             yield entry
+        if disposed:
+            raise disposed[0]
     finally:
         for task in workers:
             task.cancel()
-        # Their sessions roll back: wait until every one is back, so nothing is half done.
-        await asyncio.gather(*workers, return_exceptions=True)
-        await source.aclose()
+        # Their sessions roll back: wait until every one is back, so nothing is half done,
+        # whatever cancels this again meanwhile (anyio cancel scopes do).
+        try:
+            with anyio.CancelScope(shield=True):
+                await asyncio.gather(*workers, return_exceptions=True)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await source.aclose()
 
 
 async def _numbered(
     items: Iterable[_Item] | AsyncIterable[_Item],
 ) -> AsyncGenerator[tuple[int, _Item], None]:
-    index = 0
+    """``(position, item)`` for each item; closing it closes the source too (a generator's
+    ``finally`` runs when the work stops, not when it is garbage collected)."""
     if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield index, item
-            index += 1
+        source = aiter(items)
+        try:
+            index = 0
+            async for item in source:
+                yield index, item
+                index += 1
+        finally:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
     else:
-        for item in items:
-            yield index, item
-            index += 1
+        iterator = iter(items)
+        try:
+            for numbered in enumerate(iterator):
+                yield numbered
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()

@@ -305,3 +305,43 @@ async def test_a_worker_stops_with_its_database(db: Database) -> None:
 
     with pytest.raises(DatabaseDisposedError):
         await consume()
+
+
+# PostgreSQL: two items hold writes at once (SQLite serves one writer at a time).
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_a_stream_lets_its_items_in_flight_finish_when_the_database_is_disposed(
+    db: Database,
+) -> None:
+    started = {0: asyncio.Event(), 1: asyncio.Event()}
+    go = {0: asyncio.Event(), 1: asyncio.Event()}
+
+    async def handle(session: Any, item: int) -> int:
+        session.add(User(email=f"{item}@stream.example"))
+        await session.flush()
+        if item in go:
+            started[item].set()
+            await go[item].wait()
+        return item
+
+    seen: list[tuple[int, str]] = []
+
+    async def consume() -> None:
+        async for outcome in stream_each(range(10), handle, limit=2, database=db):
+            seen.append((outcome.item, type(outcome.error).__name__ if outcome.error else "ok"))
+            if outcome.item == 2:  # refused by the shutdown: item 1 is still in flight
+                go[1].set()
+
+    consumer = asyncio.create_task(consume())
+    await started[0].wait()
+    await started[1].wait()
+    disposing = await start_dispose(db)
+    go[0].set()  # item 0 ends; its worker takes item 2, whose session is refused
+    with pytest.raises(DatabaseDisposedError):
+        await consumer
+    await disposing
+    assert seen == [(0, "ok"), (2, "DatabaseDisposedError"), (1, "ok")]
+    again = Database(db.settings.url)
+    async with again.get_async_db_session() as session:
+        emails = set((await session.execute(select(User.email))).scalars())
+    await again.dispose()
+    assert emails == {"0@stream.example", "1@stream.example"}  # item 1 was not cut short

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, contextmanager
 from typing import Any
 
+import anyio
 import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -143,4 +144,27 @@ async def test_a_failing_source_stops_the_stream_with_its_error(db: Database) ->
 
     with pytest.raises(OSError, match="the queue went away"):
         await run_each(broken(), add_user, limit=2)
+    await assert_no_leaks(db)
+
+
+async def test_an_anyio_cancel_scope_stops_the_stream_and_closes_its_source(db: Database) -> None:
+    closed = asyncio.Event()
+
+    async def endless() -> AsyncIterator[int]:
+        try:
+            for i in itertools.count():
+                yield i
+        finally:
+            closed.set()
+
+    async def slow(session: AsyncSession, item: int) -> int:
+        await session.execute(select(1))
+        await asyncio.Event().wait()  # until cancelled
+        return item
+
+    with anyio.move_on_after(0.3):  # cancels again at every await (anyio's way)
+        async with aclosing(stream_each(endless(), slow, limit=3)) as outcomes:
+            async for _ in outcomes:
+                pass
+    assert closed.is_set()
     await assert_no_leaks(db)
