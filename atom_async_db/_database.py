@@ -74,13 +74,6 @@ class Database:
     ) -> None:
         self._start(build_settings(url, engine_options=engine_options, **options))
 
-    @classmethod
-    def _from_settings(cls, settings: Settings) -> Database:
-        """A new database with the settings of another (a restart after ``dispose()``)."""
-        database = cls.__new__(cls)
-        database._start(settings)
-        return database
-
     def _start(self, settings: Settings) -> None:
         self.settings: Settings = settings
         self._engines = LoopEngines(
@@ -99,7 +92,7 @@ class Database:
         self._sync_engine: Engine | None = None
         self._sync_engine_lock = threading.Lock()
         # The pytest plugin's database outlives the application's lifespans: its dispose()
-        # drains and closes, and the next use opens new pools.
+        # drains and closes, then opens it again (_reopen).
         self._reopens = False
         if settings.memory:
             anchor = open_memory_anchor(settings)
@@ -197,10 +190,10 @@ class Database:
            sessions still open (the caller's own, a thread's) as each ends.
 
         To start again, configure the database anew (:func:`~atom_async_db.configure`, or
-        a new ``Database``); FastAPI's ``atom_async_db.fastapi.lifespan`` does so at
-        start-up. Engines of other event loops close when their loop shuts down. An
-        in-memory SQLite database keeps its data until the ``Database`` itself is garbage
-        collected.
+        a new ``Database``); FastAPI's ``atom_async_db.fastapi.lifespan`` opens the default
+        database again, in place, when the application starts again. Engines of other
+        event loops close when their loop shuts down. An in-memory SQLite database keeps
+        its data until the ``Database`` itself is garbage collected.
         """
         self._scopes.disposed = True
         loop = asyncio.get_running_loop()
@@ -230,7 +223,8 @@ class Database:
             await self._scopes.open.wait(lambda scope: scope.owner in stopping, limit)
         await self._engines.close_current()
         self._close_sync_engine()
-        self._scopes.disposed = not self._reopens
+        if self._reopens:
+            self._reopen()
 
     def dispose_sync_engine(self) -> None:
         """:meth:`dispose` for sync programs, which have no loop to await it on: new
@@ -252,16 +246,27 @@ class Database:
                 self.settings.drain_timeout,
             )
         self._close_sync_engine()
-        self._scopes.disposed = not self._reopens
+        if self._reopens:
+            self._reopen()
 
     def _close_sync_engine(self) -> None:
-        with self._sync_engine_lock:
-            engine, self._sync_engine = self._sync_engine, None
+        # The engine object stays: code holds it (``engine = get_database().sync_engine``
+        # in a ported core/database.py), and it works again after _reopen().
+        engine = self._sync_engine
         if engine is not None:
             pool = engine.pool
             if isinstance(pool, FairPool):
                 pool.close()
             engine.dispose()
+
+    def _reopen(self) -> None:
+        """Open a disposed database again, in place: the application starts again in the
+        same process (``fastapi.lifespan``), or the test plugin's database outlives an
+        application's shutdown. Every reference to it, and to its sync engine, works again."""
+        engine = self._sync_engine
+        if engine is not None and isinstance(engine.pool, FairPool):
+            engine.pool.reopen()
+        self._scopes.disposed = False
 
     def __repr__(self) -> str:
         return f"Database({self.url!r})"

@@ -207,9 +207,8 @@ async def dispose() -> None:
 
 
 def restart_if_disposed() -> None:
-    """Replace a disposed default database by a new one with the same settings: an
-    application starting again in the same process (its lifespan's start-up, in tests)."""
-    global _default
+    """Open a disposed default database again, in place: an application starting again
+    in the same process (its lifespan's start-up, in tests)."""
     with _lock:
         if _default is not None and _default.disposed:
-            _default = Database._from_settings(_default.settings)
+            _default._reopen()

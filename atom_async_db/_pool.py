@@ -62,9 +62,9 @@ _CLOSED = _Token("CLOSED")
 
 def _closed_error() -> DatabaseDisposedError:
     return DatabaseDisposedError(
-        "this database was disposed (its shutdown began), so its pool opens no connection; "
-        "a session that began before the shutdown cannot take a new one. Configure the "
-        "database again (atom_async_db.configure(), or a new Database) to start over."
+        "this database was disposed (its shutdown began), so its pool opens no connection. "
+        "Configure the database again (atom_async_db.configure(), or a new Database) to "
+        "start over."
     )
 
 
@@ -240,6 +240,11 @@ class FairPool(Pool):
         )
 
     # -- the Pool interface -----------------------------------------------------------
+
+    def reopen(self) -> None:
+        """Undo :meth:`close`: the database was opened again."""
+        with self._lock:
+            self._closed = False
 
     def recreate(self) -> FairPool:
         self.logger.info("Pool recreating")

@@ -50,7 +50,7 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
     drained, then its connections closed (:func:`atom_async_db.dispose`).
 
     An app started again in the same process (tests that enter ``TestClient(app)`` more
-    than once) gets the default database back, with the same settings. Pass it as
+    than once) opens the default database again, in place. Pass it as
     ``FastAPI(lifespan=lifespan)``, or call ``await atom_async_db.dispose()`` at the end
     of your own lifespan.
     """
