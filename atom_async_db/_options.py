@@ -4,6 +4,7 @@ connection returns to the pool."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
 
@@ -62,10 +63,17 @@ class SessionOptions:
                 f"options are {', '.join(SessionOptionArgs.__annotations__)}"
             )
         isolation_level = options.get("isolation_level")
-        read_only = bool(options.get("read_only", False))
+        read_only = options.get("read_only", False)
+        if not isinstance(read_only, bool):
+            raise ConfigurationError(f"read_only must be True or False, got {read_only!r}")
         statement_timeout = options.get("statement_timeout")
         lock_timeout = options.get("lock_timeout")
         if isolation_level is not None:
+            if not isinstance(isolation_level, str):
+                raise ConfigurationError(
+                    f"isolation_level must be one of {', '.join(ISOLATION_LEVELS)}, "
+                    f"got {isolation_level!r}"
+                )
             isolation_level = isolation_level.upper().replace("_", " ")
             if isolation_level not in ISOLATION_LEVELS:
                 raise ConfigurationError(
@@ -76,7 +84,11 @@ class SessionOptions:
             ("statement_timeout", statement_timeout),
             ("lock_timeout", lock_timeout),
         ):
-            if value is not None and (isinstance(value, bool) or not value > 0):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 < value < math.inf
+            ):
                 raise ConfigurationError(f"{name} must be a number of seconds > 0, got {value!r}")
         if dialect == "sqlite":
             # SQLite runs one transaction at a time (BEGIN IMMEDIATE): it is serializable.
@@ -142,11 +154,12 @@ class SessionOptions:
             execution_options["postgresql_readonly"] = True
         await session.connection(execution_options=execution_options or None)
         # SET LOCAL: the transaction's own, reverted at its end.
+        # (Whole milliseconds, rounded up: 0 would turn the timeout off.)
         if self.statement_timeout:
-            ms = int(self.statement_timeout * 1000)
+            ms = math.ceil(self.statement_timeout * 1000)
             await session.execute(text(f"SET LOCAL statement_timeout = {ms}"))
         if self.lock_timeout:
-            ms = int(self.lock_timeout * 1000)
+            ms = math.ceil(self.lock_timeout * 1000)
             await session.execute(text(f"SET LOCAL lock_timeout = {ms}"))
 
 

@@ -108,8 +108,22 @@ async def test_bad_or_unsupported_options_are_named(db: Database) -> None:
         get_async_db_session(isolation_level="chaos")
     with pytest.raises(ConfigurationError, match="statement_timeout must be a number"):
         get_async_db_session(statement_timeout=-1)
+    # wrong types too (found by a review: they raised AttributeError, TypeError, ...)
+    with pytest.raises(ConfigurationError, match="isolation_level must be one of"):
+        get_async_db_session(isolation_level=1)  # type: ignore[arg-type]
+    for bad in ("5", float("inf"), float("nan"), True):
+        with pytest.raises(ConfigurationError, match="statement_timeout must be a number"):
+            get_async_db_session(statement_timeout=bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="read_only must be True or False"):
+        get_async_db_session(read_only="false")  # type: ignore[arg-type]
     if db.settings.dialect == "sqlite":
         with pytest.raises(ConfigurationError, match="not available on SQLite"):
             get_async_db_session(read_only=True, lock_timeout=1)
         async with get_async_db_session(isolation_level="SERIALIZABLE") as session:
             assert await session.scalar(text("select 1")) == 1
+
+
+@POSTGRES
+async def test_a_timeout_below_a_millisecond_is_one_not_off(db: Database) -> None:
+    async with db.get_async_db_session(statement_timeout=0.0004) as session:
+        assert await session.scalar(text("show statement_timeout")) == "1ms"
