@@ -96,7 +96,8 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
     if "async_creator" not in settings.engine_options:
         server = None
         if settings.dialect == "postgresql":
-            server = f"{url.host or 'localhost'}:{url.port or 5432}"
+            host = url.host or "localhost"
+            server = f"[{host}]:{url.port or 5432}" if ":" in host else f"{host}:{url.port or 5432}"
         connect_args["async_creator_fn"] = guarded_connector(
             connect, settings.cancel_grace, server=server
         )
