@@ -22,7 +22,7 @@ from atom_async_db._cancel import COMMIT_ABANDONED_NOTE, ConnectionGuard
 from atom_async_db._classify import CONNECTION_LOST_NOTE
 from atom_async_db._session import COMMITTED_BEFORE_CANCEL_NOTE
 from benchmarks.cancel_storm import MECHANISMS, PHASES, StormReport, run_storm
-from tests.conftest import APP_NAME, assert_no_leaks, create_slow_commit_table
+from tests.helpers import APP_NAME, assert_no_leaks, create_slow_commit_table
 
 SLOW = {
     "postgresql": "select pg_sleep(0.1)",

@@ -17,7 +17,7 @@ from sqlalchemy import event, text
 
 from atom_async_db import Database, get_async_db_session
 from atom_async_db.fastapi import AsyncDB
-from tests.conftest import assert_no_leaks, serve
+from tests.helpers import assert_no_leaks, serve
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres", "sqlite_file"], indirect=True)
 

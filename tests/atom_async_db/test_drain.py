@@ -20,7 +20,7 @@ from sqlalchemy import event, select, text
 import atom_async_db
 from atom_async_db import Database, DatabaseDisposedError, get_async_db_session, stream_each
 from sync_compat import get_db_session
-from tests.conftest import APP_NAME, asyncpg_dsn, hold_a_session, our_backends
+from tests.helpers import APP_NAME, asyncpg_dsn, hold_a_session, our_backends
 from tests.models import User
 
 MakeDefault = Callable[..., Awaitable[Database]]

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from atom_async_db import Database, SessionNestingError
 from atom_async_db._engine import MEMORY_CONCURRENCY_NOTE
-from tests.conftest import APP_NAME, assert_no_leaks, our_backends, reset_schema, run_python
+from tests.helpers import APP_NAME, assert_no_leaks, our_backends, reset_schema, run_python
 from tests.models import Post, User
 
 

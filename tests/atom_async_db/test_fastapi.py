@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 import atom_async_db
 from atom_async_db import Database, get_async_db, get_async_db_session
 from atom_async_db.fastapi import AsyncDB, lifespan
-from tests.conftest import emails, run_python
+from tests.helpers import emails, run_python
 from tests.models import User
 
 

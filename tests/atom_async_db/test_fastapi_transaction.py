@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from atom_async_db import Database, get_async_db_session
 from atom_async_db.fastapi import AsyncDB, AsyncTransaction
-from tests.conftest import assert_no_leaks, serve
+from tests.helpers import assert_no_leaks, serve
 
 pytestmark = pytest.mark.parametrize("backend", ["postgres", "sqlite_file"], indirect=True)
 

@@ -15,7 +15,7 @@ from atom_async_db import (
     Database,
     PoolTimeoutError,
 )
-from tests.conftest import (
+from tests.helpers import (
     APP_NAME,
     assert_no_leaks,
     asyncpg_dsn,

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from atom_async_db import Database, on_commit, savepoint
 from atom_async_db.testing import rollback_transaction
 from sync_compat import get_db_session, run_legacy
-from tests.conftest import assert_no_leaks
+from tests.helpers import assert_no_leaks
 from tests.models import User
 
 

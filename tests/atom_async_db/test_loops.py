@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from atom_async_db import Database, NoEventLoopError, get_async_db_session
-from tests.conftest import APP_NAME, our_backends, reset_schema, run_python
+from tests.helpers import APP_NAME, our_backends, reset_schema, run_python
 from tests.models import User
 
 MakeDefault = Callable[..., Awaitable[Database]]

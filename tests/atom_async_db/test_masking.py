@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from atom_async_db import ConfigurationError, Database
 from atom_async_db._masking import mask_url
-from tests.conftest import APP_NAME
+from tests.helpers import APP_NAME
 
 SENTINEL = "Sx7Kq9Wm2Zp4"
 

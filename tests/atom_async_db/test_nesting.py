@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from atom_async_db import Database, UncommittedChangesWarning, get_async_db, get_async_db_session
-from tests.conftest import APP_NAME, emails
+from tests.helpers import APP_NAME, emails
 from tests.models import User
 
 

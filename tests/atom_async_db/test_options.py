@@ -19,7 +19,7 @@ from atom_async_db import (
     transaction_dependency,
 )
 from atom_async_db.testing import client
-from tests.conftest import assert_no_leaks
+from tests.helpers import assert_no_leaks
 
 MakeDefault = Callable[..., Awaitable[Database]]
 ReadOnlyDB = Annotated[

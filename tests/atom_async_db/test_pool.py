@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 from atom_async_db import Database, PoolTimeoutError
 from atom_async_db import _pool as pool_module
 from benchmarks._stacks import Counters
-from tests.conftest import assert_no_leaks
+from tests.helpers import assert_no_leaks
 
 
 async def until(condition: Callable[[], bool]) -> None:

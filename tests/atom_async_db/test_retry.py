@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import exc, text
 
 from atom_async_db import Database, retry_on_conflict
-from tests.conftest import assert_no_leaks, hold_a_session
+from tests.helpers import assert_no_leaks, hold_a_session
 
 POSTGRES = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 

@@ -14,7 +14,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from atom_async_db import CommitOutcomeUnknownError, Database, DatabaseUnavailableError
 from atom_async_db._classify import CONNECTION_LOST_NOTE
-from tests.conftest import APP_NAME, ThrowawayCluster
+from tests.fixtures.cluster import ThrowawayCluster
+from tests.helpers import APP_NAME
 
 SENTINEL = "Sentinel-Pw-8c1e"
 

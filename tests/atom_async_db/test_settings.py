@@ -20,7 +20,7 @@ from atom_async_db import (
 )
 from atom_async_db import _default as default_module
 from atom_async_db._settings import build_settings
-from tests.conftest import run_python
+from tests.helpers import run_python
 
 
 @pytest.fixture(autouse=True)

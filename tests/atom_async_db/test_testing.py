@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from atom_async_db import Database, PoolTimeoutError, TestIsolationError
 from atom_async_db.testing import rollback_transaction, rollback_transaction_sync
 from sync_compat import SessionLocal, get_db_session, run_legacy
-from tests.conftest import assert_no_leaks
+from tests.helpers import assert_no_leaks
 from tests.models import User
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from atom_async_db import Database, run_each, stream_each
-from tests.conftest import assert_no_leaks
+from tests.helpers import assert_no_leaks
 from tests.models import User
 
 MakeDefault = Any

@@ -11,7 +11,7 @@ from sqlalchemy import event, func, select
 
 from atom_async_db import Database
 from sync_compat import get_db_session, run_legacy
-from tests.conftest import assert_no_leaks
+from tests.helpers import assert_no_leaks
 from tests.models import User
 
 

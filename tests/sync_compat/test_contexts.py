@@ -28,7 +28,7 @@ from atom_async_db import (
 )
 from atom_async_db._engine import LOOP_THREAD_LOCK_NOTE, MEMORY_CONCURRENCY_NOTE
 from sync_compat import SessionLocal, get_db_session, run_legacy
-from tests.conftest import APP_NAME, emails, our_backends, run_python
+from tests.helpers import APP_NAME, emails, our_backends, run_python
 from tests.models import User
 from tests.sync_compat.conftest import add_users
 

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from atom_async_db import Database
 from sync_compat import database_manager
-from tests.conftest import emails
+from tests.helpers import emails
 from tests.models import User
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from atom_async_db import Database, SyncSessionOnEventLoopWarning, get_async_db
 from sync_compat import get_db, run_legacy
-from tests.conftest import emails, our_backends
+from tests.helpers import emails, our_backends
 from tests.models import User
 from tests.sync_compat import seed_app
 from tests.sync_compat.core import models as seed_models

@@ -12,7 +12,7 @@ import atom_async_db
 from atom_async_db import CommitOutcomeUnknownError, Database, is_conflict
 from sync_compat import get_db_session
 from tests.atom_async_db.test_faults import terminate_our_backends
-from tests.conftest import (
+from tests.helpers import (
     assert_no_leaks,
     create_deferred_child_table,
     create_slow_commit_table,

@@ -11,7 +11,7 @@ from sqlalchemy.orm.exc import DetachedInstanceError
 
 import atom_async_db
 from atom_async_db import Database, SyncSessionOnEventLoopError, SyncSessionOnEventLoopWarning
-from tests.conftest import run_python
+from tests.helpers import run_python
 from tests.sync_compat import conftest
 from tests.sync_compat import seed_examples as seed
 from tests.sync_compat.conftest import Runner
