@@ -53,10 +53,7 @@ def on_commit(session: AsyncSession | Session, callback: Callback) -> None:
             "an async callback needs an AsyncSession to be awaited after the commit; "
             "register it on the AsyncSession, or pass a sync callable"
         )
-    state = state_of(session)
-    if state.pending is None:
-        state.pending = []
-    state.pending.append(callback)
+    state_of(session).pending_hooks().append(callback)
 
 
 @asynccontextmanager
@@ -75,10 +72,7 @@ async def savepoint(session: AsyncSession) -> AsyncIterator[AsyncSession]:
             except IntegrityError:
                 pass  # the order is still added; the coupon is not
     """
-    state = state_of(session)
-    if state.pending is None:
-        state.pending = []
-    hooks = state.pending
+    hooks = state_of(session).pending_hooks()
     mark = len(hooks)
     try:
         async with session.begin_nested():
@@ -92,10 +86,7 @@ def hand_over_hooks(inner: Session, outer: Session) -> None:
     """A nested block succeeded: its hooks now wait for the outer block's commit."""
     state = peek(inner)
     if state is not None and state.pending:
-        outer_state = state_of(outer)
-        if outer_state.pending is None:
-            outer_state.pending = []
-        outer_state.pending.extend(state.pending)
+        state_of(outer).pending_hooks().extend(state.pending)
         state.pending = None
 
 

@@ -55,6 +55,12 @@ class SessionState:
     ready: list[Callback] | None = None
     """After-commit hooks whose COMMIT happened, waiting to be run (async sessions)."""
 
+    def pending_hooks(self) -> list[Callback]:
+        """:attr:`pending`, made on first use."""
+        if self.pending is None:
+            self.pending = []
+        return self.pending
+
 
 def role_info(role: Role) -> dict[str, Role]:
     """The ``info=`` that gives the sessions of a factory call ``role``."""
