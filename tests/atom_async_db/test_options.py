@@ -125,5 +125,6 @@ async def test_bad_or_unsupported_options_are_named(db: Database) -> None:
 
 @POSTGRES
 async def test_a_timeout_below_a_millisecond_is_one_not_off(db: Database) -> None:
-    async with db.get_async_db_session(statement_timeout=0.0004) as session:
-        assert await session.scalar(text("show statement_timeout")) == "1ms"
+    # (lock_timeout: a statement_timeout of 1 ms could cancel the SHOW itself)
+    async with db.get_async_db_session(lock_timeout=0.0004) as session:
+        assert await session.scalar(text("show lock_timeout")) == "1ms"
