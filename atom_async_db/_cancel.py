@@ -125,7 +125,12 @@ class ConnectionGuard:
     async def commit(self, commit: Awaitable[Any]) -> Any:
         """Run a COMMIT; a connection lost meanwhile, or a COMMIT still running when a
         cancellation's grace ran out, leaves its outcome unknown (reported as
-        :class:`CommitOutcomeUnknownError`, or as a note on the ``CancelledError``)."""
+        :class:`CommitOutcomeUnknownError`, or as a note on the ``CancelledError``).
+
+        Raises:
+            CancelledError: the caller was cancelled; a note says when the COMMIT was
+                abandoned mid-flight.
+        """
         try:
             return await self._drive(commit)
         except asyncio.CancelledError as cancel:
@@ -140,7 +145,8 @@ class ConnectionGuard:
     @staticmethod
     def takes_cancellation(name: str) -> bool:
         """Whether the call about to be made (method ``name``) is where a cancellation
-        re-armed by :meth:`_rearm` must land, before anything is sent."""
+        re-armed by :meth:`_rearm` must land, before anything is sent.
+        """
         if not _REARMED or name in _ALWAYS_RUN:
             return False
         task = asyncio.current_task()
@@ -154,7 +160,8 @@ class ConnectionGuard:
     ) -> Any:
         """Take the re-armed cancellation instead of making ``call`` (not started yet).
         A COMMIT (``rollback`` given) becomes a ROLLBACK: SQLAlchemy forgets the
-        transaction either way, so it must not stay open."""
+        transaction either way, so it must not stay open.
+        """
         try:
             await asyncio.sleep(0)
         except asyncio.CancelledError:
@@ -170,8 +177,11 @@ class ConnectionGuard:
 
     async def run(self, awaitable: Awaitable[Any]) -> Any:
         """Await ``awaitable`` (a driver call) so that a cancellation of the caller lets it
-        finish within the grace; see the module docstring. (A coroutine, not ``_drive``'s
-        generator, so a guarded method can be handed to ``create_task`` or anyio.)"""
+        finish within the grace; see the module docstring.
+
+        A coroutine, not ``_drive``'s generator, so a guarded method can be handed to
+        ``create_task`` or anyio.
+        """
         return await self._drive(awaitable)
 
     @types.coroutine
@@ -205,7 +215,8 @@ class ConnectionGuard:
     ) -> Generator[Any, None, Any]:
         """The caller was cancelled while the call waited for ``pending``: finish the call
         (see :meth:`settle`), then either re-arm the cancellation and hand back the call's
-        outcome, or, when the call had to be stopped midway, raise the cancellation."""
+        outcome, or, when the call had to be stopped midway, raise the cancellation.
+        """
         finished, value, error = yield from self.settle(steps, pending)
         if self.tainted or not finished:
             raise cancel
@@ -260,7 +271,8 @@ class ConnectionGuard:
         """Deliver ``cancel`` again at the task's next await: taken now, it would have
         interrupted SQLAlchemy between a call that finished and the bookkeeping after it.
         :func:`deliver_rearmed_cancellation` makes sure it lands before the session
-        method that made the call returns."""
+        method that made the call returns.
+        """
         task = asyncio.current_task()
         assert task is not None
         task.uncancel()
@@ -334,7 +346,8 @@ def _resolve(waiter: asyncio.Future[Any], _: object = None) -> None:
 @types.coroutine
 def _wait(pending: asyncio.Future[Any] | None, timeout: float) -> Generator[Any, None, None]:
     """Wait until ``pending`` is done (None: one turn of the loop) or ``timeout`` passed;
-    a cancellation meanwhile is the one being settled (anyio delivers it again)."""
+    a cancellation meanwhile is the one being settled (anyio delivers it again).
+    """
     if pending is None:
         with contextlib.suppress(asyncio.CancelledError):
             yield
@@ -354,7 +367,8 @@ def _wait(pending: asyncio.Future[Any] | None, timeout: float) -> Generator[Any,
 
 def _ignoring_cancellation(awaitable: Awaitable[Any]) -> Generator[Any, None, None]:
     """Await ``awaitable`` (for up to ``SETTLE_TIMEOUT``) through the cancellations that
-    are being settled."""
+    are being settled.
+    """
     task = asyncio.ensure_future(awaitable)
     give_up_at = task.get_loop().time() + SETTLE_TIMEOUT
     while not task.done() and (remaining := give_up_at - task.get_loop().time()) > 0:
@@ -371,7 +385,8 @@ REARMED_REFS: set[Any] = _REARMED.data  # type: ignore[attr-defined]
 
 def cancellation_rearmed() -> bool:
     """Whether some task has a re-armed cancellation still to land (a cheap check before
-    :func:`deliver_rearmed_cancellation`)."""
+    :func:`deliver_rearmed_cancellation`).
+    """
     return bool(REARMED_REFS)
 
 
@@ -383,6 +398,10 @@ async def deliver_rearmed_cancellation(
     Called when a session method (or ``run_legacy``) returns or raises: the cancellation
     then surfaces inside the ``asyncio.timeout``, cancel scope or ``try`` that wraps the
     call, as it would have without the guard, never later and elsewhere.
+
+    Raises:
+        CancelledError: a cancellation was re-armed for this task (with ``cause`` as its
+            context and ``note`` added).
     """
     if not _REARMED:
         return
@@ -409,7 +428,8 @@ COMMIT_ABANDONED_NOTE = (
 
 def guard_of(driver_connection: Any) -> ConnectionGuard | None:
     """The guard of a driver connection made by ``_connector.guarded_connector``, else
-    None."""
+    None.
+    """
     guard = getattr(driver_connection, "_atom_guard", None)
     return guard if isinstance(guard, ConnectionGuard) else None
 

@@ -1,6 +1,7 @@
 """Error classification: which driver errors mean the connection is gone, and what the
 errors a lost or refused connection raises say about it (for the async engines and the
-legacy layer's sync engine alike)."""
+legacy layer's sync engine alike).
+"""
 
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ def is_connection_loss(error: BaseException) -> bool:
 
 def commit_outcome_unknown(original: BaseException) -> CommitOutcomeUnknownError:
     """The error for a COMMIT whose connection was lost in flight (``original``: the
-    driver's error)."""
+    driver's error).
+    """
     unknown = CommitOutcomeUnknownError("COMMIT", None, original, connection_invalidated=True)
     unknown.add_note(COMMIT_OUTCOME_UNKNOWN_NOTE)
     return unknown

@@ -1,5 +1,6 @@
 """The guarded connector: how each async engine opens a driver connection, guarded, with
-network failures reported as :class:`~atom_async_db.DatabaseUnavailableError`."""
+network failures reported as :class:`~atom_async_db.DatabaseUnavailableError`.
+"""
 
 from __future__ import annotations
 

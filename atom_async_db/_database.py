@@ -148,6 +148,16 @@ class Database:
         """A session that commits on success, rolls back on error and is always closed.
 
         Same as :func:`atom_async_db.get_async_db_session`, on this database.
+
+        Raises:
+            ConfigurationError: an option is invalid, or not available on SQLite.
+            SessionNestingError: the block would join an outer transaction that lacks its options.
+            DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
+            PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
+            DatabaseUnavailableError: a new connection could not be opened (the server is down or
+                unreachable).
+            CommitOutcomeUnknownError: the connection was lost while COMMIT was in flight: the
+                work may or may not be saved.
         """
         checked = SessionOptions.of(self.settings.dialect, options)
         return SessionScope(self._scopes, commit=True, independent=independent, options=checked)
@@ -156,6 +166,12 @@ class Database:
         """FastAPI dependency: a request-scoped session that never commits on its own.
 
         Same as :func:`atom_async_db.get_async_db`, on this database.
+
+        Raises:
+            DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
+            PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
+            DatabaseUnavailableError: a new connection could not be opened (the server is down or
+                unreachable).
         """
         async with SessionScope(self._scopes, commit=False) as session:
             yield session
@@ -165,6 +181,14 @@ class Database:
 
         Same as :func:`atom_async_db.get_async_db_transaction`, on this database; declare
         it with ``Depends(..., scope="function")``.
+
+        Raises:
+            DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
+            PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
+            DatabaseUnavailableError: a new connection could not be opened (the server is down or
+                unreachable).
+            CommitOutcomeUnknownError: the connection was lost while COMMIT was in flight: the
+                work may or may not be saved.
         """
         async with SessionScope(self._scopes, commit=True) as session:
             yield session
@@ -172,7 +196,8 @@ class Database:
     @property
     def disposed(self) -> bool:
         """Whether :meth:`dispose` (or :meth:`dispose_sync_engine`) has begun: the database
-        opens no new sessions."""
+        opens no new sessions.
+        """
         return self._scopes.disposed
 
     async def dispose(self) -> None:
@@ -194,6 +219,9 @@ class Database:
         database again, in place, when the application starts again. Engines of other
         event loops close when their loop shuts down. An in-memory SQLite database keeps
         its data until the ``Database`` itself is garbage collected.
+
+        Raises:
+            Nothing of its own: a session that fails while it drains fails in its own task.
         """
         self._scopes.disposed = True
         loop = asyncio.get_running_loop()
@@ -231,6 +259,9 @@ class Database:
         sessions are refused, the sync engine's sessions of other threads get
         ``drain_timeout`` seconds to end, and the sync pool is closed (the connections of
         sessions still open close as each ends; threads cannot be stopped).
+
+        Raises:
+            Nothing of its own: a session that fails while it drains fails in its own thread.
         """
         self._scopes.disposed = True
         me = threading.current_thread()
@@ -262,7 +293,8 @@ class Database:
     def _reopen(self) -> None:
         """Open a disposed database again, in place: the application starts again in the
         same process (``fastapi.lifespan``), or the test plugin's database outlives an
-        application's shutdown. Every reference to it, and to its sync engine, works again."""
+        application's shutdown. Every reference to it, and to its sync engine, works again.
+        """
         engine = self._sync_engine
         if engine is not None and isinstance(engine.pool, FairPool):
             engine.pool.reopen()

@@ -65,7 +65,8 @@ def current_default() -> Database | None:
 
 def replace_default(database: Database | None) -> Database | None:
     """Make ``database`` the default (None: build it from the environment on next use);
-    returns the one it replaces (the pytest plugin swaps its test database in and out)."""
+    returns the one it replaces (the pytest plugin swaps its test database in and out).
+    """
     global _default
     with _lock:
         previous, _default = _default, database
@@ -73,7 +74,13 @@ def replace_default(database: Database | None) -> Database | None:
 
 
 def get_database() -> Database:
-    """The default :class:`Database`, built from the environment on first use."""
+    """The default :class:`Database`, built from the environment on first use.
+
+    Raises:
+        ConfigurationError: ``DATABASE_URL`` or an ``ATOM_DB_*`` variable is invalid (the
+            message names it).
+        DriverNotInstalledError: the URL's driver is not installed.
+    """
     global _default
     database = _default
     if database is None:
@@ -145,6 +152,12 @@ async def get_async_db() -> AsyncIterator[AsyncSession]:
 
     In tests, :mod:`atom_async_db.testing` (and the pytest plugin's ``async_db_session``)
     makes it join the test's rolled-back transaction; no override is needed.
+
+    Raises:
+        DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
+        PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
+        DatabaseUnavailableError: a new connection could not be opened (the server is down or
+            unreachable).
     """
     async with SessionScope(get_database()._scopes, commit=False) as session:
         yield session
@@ -171,6 +184,14 @@ async def get_async_db_transaction() -> AsyncIterator[AsyncSession]:
     Without ``scope="function"``, FastAPI 0.118+ runs the commit after the response was
     sent. Streaming bodies and ``BackgroundTasks`` run after the session ended: open
     ``get_async_db_session()`` inside them.
+
+    Raises:
+        DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
+        PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
+        DatabaseUnavailableError: a new connection could not be opened (the server is down or
+            unreachable).
+        CommitOutcomeUnknownError: the connection was lost while COMMIT was in flight: the
+            work may or may not be saved.
     """
     async with SessionScope(get_database()._scopes, commit=True) as session:
         yield session
@@ -179,13 +200,24 @@ async def get_async_db_transaction() -> AsyncIterator[AsyncSession]:
 def transaction_dependency(
     **options: Unpack[SessionOptionArgs],
 ) -> Callable[[], AsyncIterator[AsyncSession]]:
-    """A :func:`get_async_db_transaction` with options for its transaction (see
-    :func:`get_async_db_session`); declare it with ``scope="function"``::
+    """A :func:`get_async_db_transaction` with options for its transaction.
+
+    The options are :func:`get_async_db_session`'s; declare it with ``scope="function"``::
 
         ReportDB = Annotated[
             AsyncSession,
             Depends(transaction_dependency(read_only=True, statement_timeout=5), scope="function"),
         ]
+
+    Raises:
+        ConfigurationError: an option is invalid, or not available on SQLite (at the first
+            request).
+        DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
+        PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
+        DatabaseUnavailableError: a new connection could not be opened (the server is down or
+            unreachable).
+        CommitOutcomeUnknownError: the connection was lost while COMMIT was in flight: the
+            work may or may not be saved.
     """
 
     async def transaction_with_options() -> AsyncIterator[AsyncSession]:
@@ -201,6 +233,9 @@ async def dispose() -> None:
 
     Sessions opened afterwards raise :class:`~atom_async_db.DatabaseDisposedError`; call
     :func:`configure` to start again.
+
+    Raises:
+        Nothing of its own (see :meth:`Database.dispose`).
     """
     if _default is not None:
         await _default.dispose()
@@ -208,7 +243,8 @@ async def dispose() -> None:
 
 def restart_if_disposed() -> None:
     """Open a disposed default database again, in place: an application starting again
-    in the same process (its lifespan's start-up, in tests)."""
+    in the same process (its lifespan's start-up, in tests).
+    """
     with _lock:
         if _default is not None and _default.disposed:
             _default._reopen()

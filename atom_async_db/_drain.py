@@ -26,7 +26,8 @@ __all__ = ["OpenScope", "OpenScopes"]
 
 class OpenScope(NamedTuple):
     """Who holds an open scope: ``owner`` is a task or a thread, ``loop`` the event loop of
-    an async scope (``None`` for a scope on the sync engine)."""
+    an async scope (``None`` for a scope on the sync engine).
+    """
 
     owner: object
     loop: asyncio.AbstractEventLoop | None
@@ -65,7 +66,8 @@ class OpenScopes:
 
     async def wait(self, wanted: Callable[[OpenScope], bool], patience: float) -> list[OpenScope]:
         """Wait up to ``patience`` seconds for the scopes ``wanted`` selects to end; return
-        those still open."""
+        those still open.
+        """
         loop = asyncio.get_running_loop()
         changed = asyncio.Event()
 

@@ -118,6 +118,9 @@ def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None =
 
     The pool is ``sync_pool_size`` + ``sync_max_overflow``; ``engine_options`` apply as for
     the async engine, except ``connect_args``, which are the async driver's.
+
+    Raises:
+        DriverNotInstalledError: PostgreSQL and no sync driver (psycopg) is installed.
     """
     url = settings.sync_url
     if settings.dialect == "postgresql":

@@ -47,6 +47,9 @@ def on_commit(session: AsyncSession | Session, callback: Callback) -> None:
 
     Inside a test transaction (the pytest plugin's fixtures) they run at the test's
     logical commit: when the session that joined the test transaction commits.
+
+    Raises:
+        TypeError: ``callback`` is a coroutine function and ``session`` a sync ``Session``.
     """
     if isinstance(session, Session) and inspect.iscoroutinefunction(callback):
         raise TypeError(
@@ -71,6 +74,11 @@ async def savepoint(session: AsyncSession) -> AsyncIterator[AsyncSession]:
                     db.add(Coupon(code="DUPLICATE"))
             except IntegrityError:
                 pass  # the order is still added; the coupon is not
+
+    Raises:
+        Whatever the block raises, after its work was rolled back to the savepoint.
+        sqlalchemy.exc.InvalidRequestError: ``session`` holds no transaction a savepoint can
+            be taken in (it was closed).
     """
     hooks = state_of(session).pending_hooks()
     mark = len(hooks)
@@ -116,7 +124,8 @@ def _run_sync_hooks(hooks: list[Callback]) -> None:
 def install(session_class: type[Session]) -> None:
     """Track hooks on the sessions of ``session_class`` (the core's ``TrackedSession``);
     sessions whose class sets ``awaits_hooks`` (behind an AsyncSession) leave them to
-    :func:`run_ready_hooks`."""
+    :func:`run_ready_hooks`.
+    """
 
     # (Both run for every transaction: they read the state without a call.)
     @event.listens_for(session_class, "after_commit")

@@ -57,7 +57,11 @@ class LoopEngines:
         _ALL_REGISTRIES.add(self)
 
     def current(self, *, create: bool = True) -> AsyncEngine | None:
-        """The engine of the running loop, created on first use (unless not ``create``)."""
+        """The engine of the running loop, created on first use (unless not ``create``).
+
+        Raises:
+            NoEventLoopError: no event loop is running in this thread.
+        """
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -118,7 +122,8 @@ class LoopEngines:
 
     async def close_current(self) -> None:
         """Close the running loop's engine for good (see ``FairPool.close``): its free
-        connections now, those still checked out as they come back."""
+        connections now, those still checked out as they come back.
+        """
         loop = asyncio.get_running_loop()
         entry = self._entries.get(loop)
         if entry is not None:
@@ -147,7 +152,8 @@ class LoopEngines:
 
 def _when_idle(engine: AsyncEngine, on_idle: Callable[[], None]) -> Callable[[], bool]:
     """Call ``on_idle`` once, when the last connection checked out of ``engine``'s pool is
-    back in it; returns a function that stops waiting (True if it was still waiting)."""
+    back in it; returns a function that stops waiting (True if it was still waiting).
+    """
     pool: Any = engine.sync_engine.pool  # a QueuePool: it counts what is checked out
     loop = asyncio.get_running_loop()
 
@@ -170,7 +176,8 @@ def _when_idle(engine: AsyncEngine, on_idle: Callable[[], None]) -> Callable[[],
 
 async def _wait_until_idle(engine: AsyncEngine, patience: float) -> bool:
     """Wait up to ``patience`` seconds for the sessions holding connections of ``engine``
-    to end; True once none is checked out."""
+    to end; True once none is checked out.
+    """
     if engine.sync_engine.pool.checkedout() == 0:  # type: ignore[attr-defined]
         return True
     idle = asyncio.Event()

@@ -52,7 +52,8 @@ def mask_url(url: str | URL) -> str:
 
 def mask_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``values`` (``connect_args``, ``engine_options``) with password values
-    masked, nested mappings included; for reprs."""
+    masked, nested mappings included; for reprs.
+    """
     return {key: _masked_value(key, value) for key, value in values.items()}
 
 

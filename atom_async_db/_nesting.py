@@ -44,7 +44,8 @@ class Place(enum.Enum):
 @dataclass(frozen=True, slots=True)
 class Outer:
     """The same owner's open scope: the options of its transaction, and its (sync)
-    session, read only where the rule needs it."""
+    session, read only where the rule needs it.
+    """
 
     options: SessionOptions
     session: Session

@@ -1,6 +1,7 @@
 """Per-session options: what a unit of work sets for its own transaction (isolation level,
 read-only, statement and lock timeouts), applied on its connection and gone when the
-connection returns to the pool."""
+connection returns to the pool.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ ISOLATION_LEVELS = ("SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ U
 class SessionOptionArgs(TypedDict, total=False):
     """The options a unit of work may set for its own transaction, as keyword arguments of
     ``get_async_db_session()``, ``Database.get_async_db_session()`` and
-    ``transaction_dependency()``."""
+    ``transaction_dependency()``.
+    """
 
     isolation_level: str | None
     """``"SERIALIZABLE"``, ``"REPEATABLE READ"``, ``"READ COMMITTED"``,
@@ -115,7 +117,8 @@ class SessionOptions:
 
     def held_by(self, transaction: SessionOptions) -> bool:
         """Whether a transaction opened with ``transaction`` already has every option set
-        here, so a block asking for these may join it."""
+        here, so a block asking for these may join it.
+        """
         return all(
             not mine or mine == theirs
             for mine, theirs in (

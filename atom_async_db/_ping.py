@@ -49,7 +49,8 @@ _FRESH = "atom_async_db.fresh"  # record.info: connected, not yet handed out
 
 def install_checkout_ping(engine: Engine) -> None:
     """Test ``engine``'s pooled connections on checkout (an async engine's
-    ``sync_engine``, with SQLAlchemy's ``pool_pre_ping`` off); see the module docstring."""
+    ``sync_engine``, with SQLAlchemy's ``pool_pre_ping`` off); see the module docstring.
+    """
     dialect = engine.dialect
 
     @event.listens_for(engine, "connect")
@@ -82,7 +83,8 @@ def install_checkout_ping(engine: Engine) -> None:
 
 def _begin(adapter: Any) -> bool:
     """Start the transaction on SQLAlchemy's asyncpg adapter; False where there is none
-    to start: another driver, AUTOCOMMIT, or one already begun."""
+    to start: another driver, AUTOCOMMIT, or one already begun.
+    """
     if not hasattr(adapter, "_start_transaction"):  # not SQLAlchemy's asyncpg adapter
         return False
     if adapter._transaction is not None or adapter.autocommit:

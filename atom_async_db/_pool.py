@@ -90,7 +90,8 @@ class _ThreadWaiter:
 class FairPool(Pool):
     """A first-come-first-served pool of ``pool_size`` connections, plus up to
     ``max_overflow`` more under load (-1: no limit), for threads; see the module
-    docstring. ``settings_names`` name the settings its timeout error suggests raising."""
+    docstring. ``settings_names`` name the settings its timeout error suggests raising.
+    """
 
     settings_names = ("pool_size", "max_overflow", "pool_timeout")
 
@@ -175,7 +176,8 @@ class FairPool(Pool):
         """Close the pool for good (the database's shutdown), without I/O: checked-out
         connections are closed as they come back, and waiting and later checkouts get
         :class:`~atom_async_db.DatabaseDisposedError`. The engine's ``dispose()`` then
-        closes the free ones; the pool it recreates is closed too."""
+        closes the free ones; the pool it recreates is closed too.
+        """
         with self._lock:
             self._closed = True
             while self._waiters:
@@ -183,7 +185,8 @@ class FairPool(Pool):
 
     def _hand_over(self, item: Any) -> bool:
         """Give ``item`` (a connection, or room to open one) to the longest-waiting
-        caller still waiting; under the lock."""
+        caller still waiting; under the lock.
+        """
         while self._waiters:
             if self._waiters.popleft().give(item):
                 return True
@@ -197,7 +200,8 @@ class FairPool(Pool):
 
     def _take_surplus(self) -> ConnectionPoolEntry | None:
         """The oldest free connection if it is beyond ``pool_size`` and idle for
-        ``OVERFLOW_IDLE``; under the lock (``_free`` is oldest first)."""
+        ``OVERFLOW_IDLE``; under the lock (``_free`` is oldest first).
+        """
         if (
             self._open > self._size
             and self._free
@@ -306,7 +310,8 @@ class FairPool(Pool):
 
 class FairAsyncPool(FairPool):
     """:class:`FairPool` for asyncio tasks (the async engine's pool, one per event loop).
-    A cancelled waiter passes on what it was handed."""
+    A cancelled waiter passes on what it was handed.
+    """
 
     _is_asyncio = True
     _dialect = _AsyncConnDialect()

@@ -1,6 +1,7 @@
 """Driver proxies: a driver's connection, and the prepared statements, transactions and
 cursors it hands out, whose awaitable methods run through the connection's
-:class:`~atom_async_db._cancel.ConnectionGuard`."""
+:class:`~atom_async_db._cancel.ConnectionGuard`.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ __all__ = ["guard_connection"]
 
 def guard_connection(connection: Any, guard: ConnectionGuard) -> Any:
     """``connection`` (a driver's) with every awaitable call guarded by ``guard``, and the
-    driver objects its calls return wrapped alike."""
+    driver objects its calls return wrapped alike.
+    """
     guard.driver_types = _driver_object_types()
     guard.wrap = functools.partial(_guard_object, guard=guard)
     return _guard_object(connection, guard)
@@ -76,7 +78,8 @@ class _GuardedMethod:
     """Driver method ``name`` as its proxy class holds it. Reading it from a proxy looks the
     method up on the driver object at that moment, as a bound method would be: a method
     saved before the driver object's was replaced (instrumentation, ``monkeypatch``) still
-    calls the one it saved. What replaced it, if not a method, is handed out as it is."""
+    calls the one it saved. What replaced it, if not a method, is handed out as it is.
+    """
 
     __slots__ = ("_call", "_name")
 

@@ -1,5 +1,6 @@
 """Retry on conflict: re-run a whole unit of work when the database reports a conflict that
-a second attempt can resolve (a serialization failure, a deadlock, SQLite's busy lock)."""
+a second attempt can resolve (a serialization failure, a deadlock, SQLite's busy lock).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +27,11 @@ _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
 
 
 def is_conflict(error: BaseException) -> bool:
-    """Whether ``error`` is a conflict that re-running the whole transaction can resolve."""
+    """Whether ``error`` is a conflict that re-running the whole transaction can resolve.
+
+    Raises:
+        Nothing: any object is answered, an error of another kind with False.
+    """
     if not isinstance(error, exc.DBAPIError) or isinstance(
         error, (exc.IntegrityError, CommitOutcomeUnknownError)
     ):
@@ -64,6 +69,11 @@ def retry_on_conflict(
 
     Only decorate functions that own their transaction: inside an outer session, a
     nested block's conflict has already doomed the outer transaction.
+
+    Raises:
+        ValueError: ``attempts`` is below 1.
+        The decorated function raises its last error once it gives up, and every error
+        that is not a conflict at once.
     """
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")

@@ -103,7 +103,8 @@ class Scopes:
     """What the session scopes of one database share, kept by its ``Database``: its
     settings, how its sessions are made, the scope each task or thread is in (``active``),
     the open scopes (``open``, for the shutdown drain), the test transaction while a test
-    runs in one, and whether the database was disposed."""
+    runs in one, and whether the database was disposed.
+    """
 
     __slots__ = (
         "active",

@@ -207,13 +207,15 @@ class Settings:
     @property
     def connect_timeout(self) -> float:
         """Seconds opening a PostgreSQL connection may take, unless the URL sets
-        ``connect_timeout`` (asyncpg's own default is 60 s): ``pool_timeout``."""
+        ``connect_timeout`` (asyncpg's own default is 60 s): ``pool_timeout``.
+        """
         return self.pool_timeout
 
     @property
     def test_turn_timeout(self) -> float:
         """Seconds a session waits for its turn on a test transaction's one connection
-        (``atom_async_db.testing``): ``pool_timeout``."""
+        (``atom_async_db.testing``): ``pool_timeout``.
+        """
         return self.pool_timeout
 
     def __repr__(self) -> str:
@@ -257,7 +259,9 @@ def build_settings(
 ) -> Settings:
     """Validate ``url`` and ``options`` (falling back to the environment) into :class:`Settings`.
 
-    Raises :class:`ConfigurationError` naming the wrong setting and what it accepts.
+    Raises:
+        ConfigurationError: a setting is unknown or invalid (the message names it and
+            what it accepts).
     """
     environ = os.environ if environ is None else environ
     unknown = sorted(set(options) - set(OPTIONS))

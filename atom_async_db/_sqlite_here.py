@@ -1,6 +1,7 @@
 """The SQLite fast path: what needs no I/O on an aiosqlite connection (making and closing
 a cursor, a rollback with no transaction open) answered on the loop's thread, without a
-trip to the connection's thread and back."""
+trip to the connection's thread and back.
+"""
 
 from __future__ import annotations
 
@@ -34,20 +35,22 @@ class _Ready:
 
 
 def _cursor_here(connection: Any, guard: ConnectionGuard) -> _Ready:
-    """aiosqlite's ``cursor()`` without its trip to the connection's thread and back: making
+    """The aiosqlite ``cursor()`` without its trip to the connection's thread and back: making
     a sqlite3 cursor does no I/O. SQLAlchemy makes and closes a cursor around every
     statement; with :func:`_close_here` and :func:`_rollback_here`, a point read makes 4
-    trips instead of 9."""
+    trips instead of 9.
+    """
     import aiosqlite
 
     return _Ready(guard.wrap(aiosqlite.Cursor(connection, connection._conn.cursor())))
 
 
 def _close_here(cursor: Any, guard: ConnectionGuard) -> Awaitable[Any]:
-    """aiosqlite's ``Cursor.close()`` on the loop's thread: it only finalizes the cursor's
+    """The aiosqlite ``Cursor.close()`` on the loop's thread: it only finalizes the cursor's
     statement (no I/O, no lock wait); SQLAlchemy calls it after its last fetch. Not when a
     statement was abandoned (``tainted``): it may still run on the connection's thread,
-    and the loop's thread would wait for it."""
+    and the loop's thread would wait for it.
+    """
     if guard.tainted:
         return guard.run(cursor.close())
     cursor._cursor.close()
@@ -55,8 +58,9 @@ def _close_here(cursor: Any, guard: ConnectionGuard) -> Awaitable[Any]:
 
 
 def _rollback_here(connection: Any, guard: ConnectionGuard) -> Awaitable[Any]:
-    """aiosqlite's ``rollback()``, without a trip when no transaction is open (the pool's
-    reset after a COMMIT): sqlite3 knows that without I/O."""
+    """The aiosqlite ``rollback()``, without a trip when no transaction is open (the pool's
+    reset after a COMMIT): sqlite3 knows that without I/O.
+    """
     if guard.tainted or connection._conn.in_transaction:
         return guard.run(connection.rollback())
     return _Ready(None)

@@ -54,7 +54,8 @@ TEST_ROOT_SESSION: dict[str, Any] = {
 class TrackedSession(Session):
     """The sync session under every session the library makes: records unsaved writes and
     keeps after-commit hooks (``_hooks``), and (``begin_at_checkout``) has its transaction
-    begun as its connection's pre-ping (``_ping``)."""
+    begun as its connection's pre-ping (``_ping``).
+    """
 
     begin_at_checkout = False
     awaits_hooks = False  # see BackingSession
@@ -71,7 +72,8 @@ class TrackedSession(Session):
 
 class BackingSession(TrackedSession):
     """The sync session behind a ``SingleTaskAsyncSession``: its after-commit hooks run
-    when ``commit()`` returns to async code, where async callbacks can be awaited."""
+    when ``commit()`` returns to async code, where async callbacks can be awaited.
+    """
 
     awaits_hooks = True
 
@@ -81,7 +83,8 @@ install_hooks(TrackedSession)
 
 def _one_task_at_a_time(name: str) -> Callable[..., Any]:
     """``AsyncSession``'s method ``name``, refusing a second task while one runs it, and
-    delivering a cancellation the guard re-armed (see ``_cancel``) once the call is back."""
+    delivering a cancellation the guard re-armed (see ``_cancel``) once the call is back.
+    """
     method = getattr(AsyncSession, name)
     is_commit = name == "commit"
 
@@ -139,7 +142,8 @@ class SingleTaskAsyncSession(AsyncSession):
 
     async def wait_until_idle(self, limit: float) -> bool:
         """Wait up to ``limit`` seconds for an operation another task runs on this session
-        (``asyncio.gather`` siblings that outlive the block) to end; True if none runs."""
+        (``asyncio.gather`` siblings that outlive the block) to end; True if none runs.
+        """
         user = self._atom_user
         if user is None or user.done() or user is asyncio.current_task():
             return True

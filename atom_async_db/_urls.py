@@ -1,6 +1,7 @@
 """Database URLs: the forms users write (``postgresql://``, ``postgres://``,
 ``sqlite:///``, psycopg2 and asyncpg spellings, libpq query names), checked and turned into
-the URLs of the async engine and of the legacy layer's sync engine."""
+the URLs of the async engine and of the legacy layer's sync engine.
+"""
 
 from __future__ import annotations
 
@@ -57,7 +58,11 @@ def _parse_url(raw: str | URL) -> URL:
 
     Raised outside the ``except`` block: the parser's own error, which may quote the
     password (a non-numeric "port"), must not ride along as the context.
-    """
+
+    Raises:
+        ConfigurationError: ``raw`` is not a URL (the message says why, without the
+            password).
+    """  # noqa: DOC501 (_unsupported() is a ConfigurationError)
     url: URL | None = raw if isinstance(raw, URL) else None
     if url is None:
         with contextlib.suppress(ArgumentError, ValueError, TypeError):
@@ -119,7 +124,13 @@ def _require(module: str, what: str, install: str) -> None:
 
 
 def normalise_url(raw: str | URL) -> tuple[URL, URL, Dialect, bool]:
-    """(async URL, sync URL, dialect, in-memory) for a URL as users write it."""
+    """(async URL, sync URL, dialect, in-memory) for a URL as users write it.
+
+    Raises:
+        ConfigurationError: the URL is not a string, cannot be parsed, or names a backend
+            or driver that is not supported.
+        DriverNotInstalledError: the URL's driver is not installed.
+    """  # noqa: DOC501 (_unsupported() is a ConfigurationError)
     if not isinstance(raw, (str, URL)):
         raise ConfigurationError(f"the database URL must be a string, got {type(raw).__name__}")
     url = _parse_url(raw)

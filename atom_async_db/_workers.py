@@ -1,6 +1,7 @@
 """Background workers: many items processed concurrently, one session per item, with a bound
 on concurrency that keeps the pool free for everything else; outcomes as a list (finite
-sources) or as a stream (endless ones, in bounded memory)."""
+sources) or as a stream (endless ones, in bounded memory).
+"""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ _Result = TypeVar("_Result")
 @dataclass(frozen=True)
 class ItemOutcome(Generic[_Item, _Result]):
     """What :func:`run_each` (or :func:`stream_each`) did with one item: its result, or the
-    error that rolled back its session."""
+    error that rolled back its session.
+    """
 
     item: _Item
     result: _Result | None = None
@@ -124,7 +126,11 @@ async def _outcomes(
     limit: int | None,
     database: Database | None,
 ) -> AsyncGenerator[tuple[int, ItemOutcome[_Item, _Result]], None]:
-    """``(position in items, outcome)`` as items finish: the one logic of both forms."""
+    """``(position in items, outcome)`` as items finish: the one logic of both forms.
+
+    Raises:
+        ValueError: ``limit`` is below 1.
+    """
     database = database or get_database()
     if limit is None:
         limit = max(1, database.settings.pool_size // 2)
@@ -198,7 +204,8 @@ async def _numbered(
     items: Iterable[_Item] | AsyncIterable[_Item],
 ) -> AsyncGenerator[tuple[int, _Item], None]:
     """``(position, item)`` for each item; closing it closes the source too (a generator's
-    ``finally`` runs when the work stops, not when it is garbage collected)."""
+    ``finally`` runs when the work stops, not when it is garbage collected).
+    """
     if isinstance(items, AsyncIterable):
         source = aiter(items)
         try:

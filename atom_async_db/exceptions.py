@@ -143,7 +143,8 @@ class SessionNestingError(AtomDBError, RuntimeError):
 class SyncSessionContextError(AtomDBError, RuntimeError):
     """A legacy sync session whose transaction began inside ``sync_compat.run_legacy`` (on
     the async pool) was used outside it. Finish the transaction where it began: commit,
-    roll back or close the session inside the legacy function."""
+    roll back or close the session inside the legacy function.
+    """
 
 
 class TestIsolationError(AtomDBError, RuntimeError):
@@ -161,7 +162,8 @@ class TestIsolationError(AtomDBError, RuntimeError):
 
 class SyncSessionOnEventLoopError(AtomDBError, RuntimeError):
     """A legacy sync session ran a statement on an event loop's thread in strict mode
-    (``sync_on_event_loop="error"``); see :class:`SyncSessionOnEventLoopWarning`."""
+    (``sync_on_event_loop="error"``); see :class:`SyncSessionOnEventLoopWarning`.
+    """
 
 
 class AtomDBWarning(UserWarning):

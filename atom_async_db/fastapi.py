@@ -53,6 +53,9 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
     than once) opens the default database again, in place. Pass it as
     ``FastAPI(lifespan=lifespan)``, or call ``await atom_async_db.dispose()`` at the end
     of your own lifespan.
+
+    Raises:
+        Nothing of its own: the application's own startup and shutdown errors propagate.
     """
     restart_if_disposed()
     try:

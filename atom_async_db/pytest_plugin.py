@@ -49,6 +49,7 @@ except ImportError:  # pragma: no cover - async fixtures need it
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add the plugin's command-line options (``--atom-db-url``, ``--atom-db-throwaway``)."""
     group = parser.getgroup("atom_async_db", "atom_async_db test database")
     group.addoption(
         "--atom-db-url",
@@ -67,7 +68,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture(scope="session")
 def atom_db_metadata() -> MetaData | Sequence[MetaData] | None:
-    """The metadata whose tables the tests need; override it in your ``conftest.py``::
+    """The metadata whose tables the tests need.
+
+    Override it in your ``conftest.py``::
 
     @pytest.fixture(scope="session")
     def atom_db_metadata():
@@ -82,7 +85,8 @@ def _atom_database_for_every_test(
 ) -> None:
     """Once a project declares its tables (``atom_db_metadata``), every test runs against
     the test database, including tests that take no session fixture: none of them may
-    write to the database of ``DATABASE_URL`` or ``./atom.db``."""
+    write to the database of ``DATABASE_URL`` or ``./atom.db``.
+    """
     if atom_db_metadata is not None:
         request.getfixturevalue("atom_database")
 
@@ -94,7 +98,8 @@ def atom_database(
     atom_db_metadata: MetaData | Sequence[MetaData] | None,
 ) -> Iterator[Database]:
     """The tests' database, configured as the default for the whole test session, with the
-    tables of ``atom_db_metadata`` created."""
+    tables of ``atom_db_metadata`` created.
+    """
     config = request.config
     url = config.getoption("--atom-db-url") or os.environ.get("ATOM_TEST_DATABASE_URL")
     if not url:
@@ -122,7 +127,8 @@ def atom_database(
 
 def _drop_abandoned(connection: Any) -> None:
     """Drop throwaway databases left by test runs of this machine that were killed before
-    their cleanup (SIGKILL, SIGTERM): their process no longer exists."""
+    their cleanup (SIGKILL, SIGTERM): their process no longer exists.
+    """
     names = connection.scalars(
         text("select datname from pg_database where datname like 'atom\\_test\\_%'")
     ).all()
@@ -152,7 +158,8 @@ def _as_list(metadata: MetaData | Sequence[MetaData] | None) -> list[MetaData]:
 
 def _create_throwaway_database(url: str) -> tuple[str, Any]:
     """Create ``atom_test_<random>`` next to the database of ``url``; return its URL and a
-    function that drops it."""
+    function that drops it.
+    """
     from ._settings import build_settings
 
     admin_url = build_settings(url).sync_url
@@ -175,7 +182,8 @@ if pytest_asyncio is not None:
     @pytest_asyncio.fixture
     async def async_db_session(atom_database: Database) -> AsyncIterator[Any]:
         """An ``AsyncSession`` inside this test's transaction, rolled back after the test;
-        every session of the default database joins that transaction meanwhile."""
+        every session of the default database joins that transaction meanwhile.
+        """
         async with rollback_transaction(atom_database) as session:
             yield session
 
@@ -183,4 +191,5 @@ else:  # pragma: no cover
 
     @pytest.fixture
     def async_db_session() -> None:
+        """Fail: the fixture needs pytest-asyncio."""
         pytest.fail("async_db_session needs pytest-asyncio: pip install pytest-asyncio")

@@ -54,6 +54,13 @@ async def rollback_transaction(database: Database | None = None) -> AsyncIterato
 
     Every session the code under test opens on this database meanwhile joins the same
     transaction (see the module docstring), so the yielded session sees their writes.
+
+    Raises:
+        RuntimeError: a test transaction is already open on this database.
+        DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
+        PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
+        DatabaseUnavailableError: a new connection could not be opened (the server is down or
+            unreachable).
     """
     database = database or get_database()
     _refuse_a_second(database)
@@ -81,6 +88,10 @@ def rollback_transaction_sync(
 
     ``session_factory`` builds the yielded session (the pytest plugin passes
     ``sync_compat.SessionLocal``); it receives ``bind=`` and ``join_transaction_mode=``.
+
+    Raises:
+        RuntimeError: a test transaction is already open on this database.
+        DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
     """
     database = database or get_database()
     _refuse_a_second(database)
@@ -117,6 +128,9 @@ async def client(app: Any, *, base_url: str = "http://test") -> AsyncIterator[ht
     """An ``httpx.AsyncClient`` that calls ``app`` (any ASGI app, FastAPI's included) in
     process. Inside :func:`rollback_transaction` its requests join the test's transaction
     without any ``dependency_overrides``.
+
+    Raises:
+        ImportError: ``httpx`` is not installed (``pip install httpx``).
     """
     import httpx
 

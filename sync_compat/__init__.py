@@ -53,6 +53,9 @@ def dispose() -> None:
 
     Async programs call ``await atom_async_db.dispose()``, which drains and closes both
     pools.
+
+    Raises:
+        Nothing of its own (see ``Database.dispose_sync_engine``).
     """
     database = current_default()
     if database is not None:

@@ -50,6 +50,18 @@ def get_db_session(*, independent: bool = False) -> AbstractContextManager[Sessi
     durable when the outermost block commits, and is undone if that block fails.
     ``independent=True`` takes a connection of its own and commits on its own instead (an
     audit record that must survive the caller's failure).
+
+    Raises:
+        SyncSessionOnEventLoopError: a statement ran on the event loop's thread and the
+            ``sync_on_event_loop`` setting is ``"error"`` (use :func:`run_legacy`).
+        SessionNestingError: ``independent=True`` on SQLite while the outer block holds a
+            transaction.
+        DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
+        PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
+        DatabaseUnavailableError: a new connection could not be opened (the server is down or
+            unreachable).
+        CommitOutcomeUnknownError: the connection was lost while COMMIT was in flight: the
+            work may or may not be saved.
     """
     return _scope(commit=True, independent=independent)
 
@@ -72,6 +84,14 @@ def get_db() -> Iterator[Session]:
 
     In sync tests, the pytest plugin's ``db_session`` fixture makes it join the test's
     rolled-back transaction; ``app.dependency_overrides[get_db]`` works too.
+
+    Raises:
+        SyncSessionOnEventLoopError: a statement ran on the event loop's thread (an ``async
+            def`` route) and the ``sync_on_event_loop`` setting is ``"error"``.
+        DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
+        PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
+        DatabaseUnavailableError: a new connection could not be opened (the server is down or
+            unreachable).
     """
     with _scope(commit=False) as session:
         yield session
@@ -95,6 +115,10 @@ async def run_legacy(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwarg
 
     Non-database blocking calls inside ``fn`` (``time.sleep``, ``requests``) still block
     the loop; run those with ``anyio.to_thread.run_sync``.
+
+    Raises:
+        TypeError: ``fn`` is a coroutine function, or returned an awaitable.
+        Whatever ``fn`` raises, unchanged.
     """
     if inspect.iscoroutinefunction(fn):
         raise TypeError(

@@ -104,6 +104,9 @@ class LegacySession(TrackedSession):
     Args:
         database: the database to use; ``None`` means the default one
             (:func:`atom_async_db.get_database`), looked up at the first statement.
+
+    Raises:
+        Nothing when it is made; its statements raise what :meth:`get_bind` documents.
     """
 
     def __init__(self, bind: Any = None, *, database: Database | None = None, **kw: Any) -> None:
@@ -112,6 +115,21 @@ class LegacySession(TrackedSession):
         self._atom_engine: Engine | None = None  # chosen for the current transaction
 
     def get_bind(self, mapper: Any = None, **kw: Any) -> Engine | Connection:
+        """The connection or engine this session's next statement runs on.
+
+        SQLAlchemy's own lookup when the session was given a ``bind`` or ``binds``;
+        otherwise the test transaction if one is open, else the running loop's async
+        engine (under :func:`run_legacy`) or the database's sync engine.
+
+        Raises:
+            TestIsolationError: a test transaction is open and this session cannot join it
+                from where it runs.
+            SyncSessionOnEventLoopError: it runs on the event loop's thread and the
+                ``sync_on_event_loop`` setting is ``"error"``.
+            SyncSessionContextError: a transaction begun under :func:`run_legacy` is used
+                outside it.
+            NoEventLoopError: under :func:`run_legacy` with no running loop.
+        """
         if self.bind is not None or kw.get("bind") is not None or self.binds:
             return super().get_bind(mapper, **kw)
         database = self._atom_database
@@ -181,7 +199,8 @@ def _exhausted(engine: Engine) -> bool:
 def _outside_pool_engine(database: Database) -> Engine:
     """An unpooled twin of the sync engine, for statements on the loop's thread while the
     sync pool is exhausted: each holder of a pooled connection gives it back only when this
-    loop runs again, so waiting for one would freeze the loop until ``pool_timeout``."""
+    loop runs again, so waiting for one would freeze the loop until ``pool_timeout``.
+    """
     engine = _outside_pool.get(database)
     if engine is None:
         engine = _outside_pool[database] = create_sync_engine_for(

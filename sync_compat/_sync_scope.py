@@ -1,6 +1,7 @@
 """The sync session scope: ``get_db`` and ``get_db_session()`` outside ``run_legacy``, on the
 legacy layer's sync engine, with the core's session policy and the *thread* in the role of
-the task (``atom_async_db._nesting``)."""
+the task (``atom_async_db._nesting``).
+"""
 
 from __future__ import annotations
 
@@ -150,7 +151,8 @@ class SyncSessionScope:
 
 def _release(session: Session, graceful: bool) -> None:
     """The async scope's release for sync sessions (the driver's own timeouts bound the
-    I/O): roll back and close, or invalidate when the state is unknown or that fails."""
+    I/O): roll back and close, or invalidate when the state is unknown or that fails.
+    """
     if graceful:
         try:
             if session.in_transaction():

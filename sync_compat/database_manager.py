@@ -32,7 +32,11 @@ __all__ = ["get_db_session", "get_db_session_for_request", "get_monitored_db_ses
     "use get_db_session() (from core.database, or sync_compat) instead"
 )
 def get_db_session() -> AbstractContextManager[Session]:
-    """Deprecated: use ``get_db_session()`` from ``core.database`` / ``sync_compat``."""
+    """Deprecated: use ``get_db_session()`` from ``core.database`` / ``sync_compat``.
+
+    Raises:
+        What :func:`sync_compat.get_db_session` raises.
+    """
     return _scopes.get_db_session()
 
 
@@ -42,7 +46,11 @@ def get_db_session() -> AbstractContextManager[Session]:
 )
 def get_monitored_db_session() -> AbstractContextManager[Session]:
     """Deprecated: use ``get_db_session()``; monitor pools and statements with
-    SQLAlchemy's engine events instead of through the session function."""
+    SQLAlchemy's engine events instead of through the session function.
+
+    Raises:
+        What :func:`sync_compat.get_db_session` raises.
+    """
     return _scopes.get_db_session()
 
 
@@ -57,7 +65,8 @@ if TYPE_CHECKING:
         "database_manager.get_db_session_for_request() is deprecated and will be removed in "
         "2.0; use get_db (from core.database, or sync_compat) instead"
     )
-    def get_db_session_for_request() -> Iterator[Session]: ...
+    def get_db_session_for_request() -> Iterator[Session]:
+        """Deprecated: use ``get_db``."""
 
 else:
 
@@ -67,6 +76,9 @@ else:
         A generator function itself rather than a wrapper, so that FastAPI of any version
         sees a dependency with teardown; it warns when it starts (FastAPI entering it, or
         ``next()``), pointing at the line that started it.
+
+        Raises:
+            What :func:`sync_compat.get_db` raises.
         """
         warnings.warn(_FOR_REQUEST, DeprecationWarning, stacklevel=caller_stacklevel())
         yield from _scopes.get_db()

@@ -22,6 +22,7 @@ from ._session import SessionLocal
 def db_session(atom_database: Database) -> Iterator[Session]:
     """A legacy ``Session`` (``sync_compat.SessionLocal`` style) inside this test's
     transaction, rolled back after the test; the legacy sessions of every thread join it
-    meanwhile: ``get_db``, ``get_db_session()`` and ``SessionLocal()``."""
+    meanwhile: ``get_db``, ``get_db_session()`` and ``SessionLocal()``.
+    """
     with rollback_transaction_sync(atom_database, session_factory=SessionLocal) as session:
         yield session
