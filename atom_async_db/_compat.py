@@ -14,10 +14,9 @@ from ._nesting import Outer, Place, is_graceful, place
 from ._options import NO_OPTIONS
 from ._pool import FairPool
 from ._session import (
-    ActiveScope,
+    ScopeBase,
     Scopes,
     SessionScope,
-    restore_active,
     turn_timeout,
     warn_uncommitted,
 )
@@ -33,10 +32,10 @@ __all__ = [
     "NESTED_SESSION",
     "NO_OPTIONS",
     "TEST_ROOT_SESSION",
-    "ActiveScope",
     "FairPool",
     "Outer",
     "Place",
+    "ScopeBase",
     "Scopes",
     "SessionScope",
     "TrackedSession",
@@ -48,7 +47,6 @@ __all__ = [
     "is_graceful",
     "mask_url",
     "place",
-    "restore_active",
     "turn_timeout",
     "warn_uncommitted",
 ]

@@ -150,14 +150,7 @@ class Database:
         Same as :func:`atom_async_db.get_async_db_session`, on this database.
 
         Raises:
-            ConfigurationError: an option is invalid, or not available on SQLite.
-            SessionNestingError: the block would join an outer transaction that lacks its options.
-            DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
-            PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
-            DatabaseUnavailableError: a new connection could not be opened (the server is down or
-                unreachable).
-            CommitOutcomeUnknownError: the connection was lost while COMMIT was in flight: the
-                work may or may not be saved.
+            What :func:`atom_async_db.get_async_db_session` raises.
         """
         checked = SessionOptions.of(self.settings.dialect, options)
         return SessionScope(self._scopes, commit=True, independent=independent, options=checked)
@@ -168,10 +161,7 @@ class Database:
         Same as :func:`atom_async_db.get_async_db`, on this database.
 
         Raises:
-            DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
-            PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
-            DatabaseUnavailableError: a new connection could not be opened (the server is down or
-                unreachable).
+            What :func:`atom_async_db.get_async_db` raises.
         """
         async with SessionScope(self._scopes, commit=False) as session:
             yield session
@@ -183,12 +173,7 @@ class Database:
         it with ``Depends(..., scope="function")``.
 
         Raises:
-            DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
-            PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
-            DatabaseUnavailableError: a new connection could not be opened (the server is down or
-                unreachable).
-            CommitOutcomeUnknownError: the connection was lost while COMMIT was in flight: the
-                work may or may not be saved.
+            What :func:`atom_async_db.get_async_db_transaction` raises.
         """
         async with SessionScope(self._scopes, commit=True) as session:
             yield session

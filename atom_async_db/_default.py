@@ -186,10 +186,7 @@ async def get_async_db_transaction() -> AsyncIterator[AsyncSession]:
     ``get_async_db_session()`` inside them.
 
     Raises:
-        DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
-        PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
-        DatabaseUnavailableError: a new connection could not be opened (the server is down or
-            unreachable).
+        What :func:`get_async_db` raises, and
         CommitOutcomeUnknownError: the connection was lost while COMMIT was in flight: the
             work may or may not be saved.
     """
@@ -212,12 +209,7 @@ def transaction_dependency(
     Raises:
         ConfigurationError: an option is invalid, or not available on SQLite (at the first
             request).
-        DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
-        PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
-        DatabaseUnavailableError: a new connection could not be opened (the server is down or
-            unreachable).
-        CommitOutcomeUnknownError: the connection was lost while COMMIT was in flight: the
-            work may or may not be saved.
+        What :func:`get_async_db_transaction` raises.
     """
 
     async def transaction_with_options() -> AsyncIterator[AsyncSession]:

@@ -16,6 +16,8 @@ COMMIT happens when the outermost scope commits. Other tasks (even ones started 
 scope, which inherit its context) never join. The sync scope of ``sync_compat`` applies
 the same policy with the *thread* in the role of the task; legacy code run through
 ``sync_compat.run_legacy`` uses this scope itself, so it joins the calling task's session.
+Both scopes derive from ``ScopeBase``, which holds their state and the bookkeeping of
+entering and leaving, so that each shell holds only its own I/O.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import warnings
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Generic, Protocol, TypeVar
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
@@ -162,19 +165,75 @@ def restore_active(
         variable.set(None if previous is Token.MISSING else previous)
 
 
-class SessionScope:
+class _Turn(Protocol):
+    def release(self) -> None: ...
+
+
+_S = TypeVar("_S", AsyncSession, Session)
+
+
+class ScopeBase(Generic[_S]):
+    """What the async scope and the sync one (``sync_compat``) share: their state, and the
+    bookkeeping around entering and leaving, so that each shell holds only its I/O.
+    """
+
+    __slots__ = ("_commit", "_independent", "_outer", "_scopes", "_session", "_token", "_turn")
+
+    def __init__(self, scopes: Scopes, *, commit: bool, independent: bool) -> None:
+        self._scopes = scopes
+        self._commit = commit
+        self._independent = independent
+        self._outer: _S | None = None  # the outer scope's session, when joined
+        self._session: _S | None = None
+        self._token: Token[ActiveScope | None] | None = None
+        self._turn: _Turn | None = None  # held on a test transaction's one connection
+
+    def _active(self) -> ActiveScope | None:
+        """The scope this one opens inside, if any, once entering is allowed.
+
+        Raises:
+            RuntimeError: this scope was entered before.
+            DatabaseDisposedError: it is a top-level scope and the database was disposed
+                (a block inside an open session may go on).
+        """
+        if self._session is not None:
+            raise RuntimeError("a session scope cannot be entered twice; call the function again")
+        active = self._scopes.active.get()
+        if active is None and self._scopes.disposed:
+            raise self._scopes.disposed_error()
+        return active
+
+    def _opened(
+        self,
+        session: _S,
+        owner: object,
+        options: SessionOptions,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        """Record ``session`` as the owner's innermost scope, and as open (for the drain)."""
+        self._session = session
+        self._token = self._scopes.active.set(ActiveScope(owner, session, options))
+        self._scopes.open.opened(self, owner, loop)
+
+    def _leaving(self) -> _S:
+        """Make the outer scope the active one again; returns this scope's session."""
+        session, token = self._session, self._token
+        assert session is not None
+        assert token is not None
+        restore_active(self._scopes.active, token)
+        return session
+
+    def _closed(self) -> None:
+        """The last step of leaving, whatever happened: the turn and the drain's record."""
+        if self._turn is not None:
+            self._turn.release()
+        self._scopes.open.closed(self)
+
+
+class SessionScope(ScopeBase[AsyncSession]):
     """Async context manager yielding an ``AsyncSession``; see the module docstring."""
 
-    __slots__ = (
-        "_commit",
-        "_independent",
-        "_options",
-        "_outer",
-        "_scopes",
-        "_session",
-        "_token",
-        "_turn",
-    )
+    __slots__ = ("_options",)
 
     def __init__(
         self,
@@ -184,23 +243,13 @@ class SessionScope:
         independent: bool = False,
         options: SessionOptions | None = None,
     ) -> None:
-        self._scopes = scopes
-        self._commit = commit
-        self._independent = independent
+        super().__init__(scopes, commit=commit, independent=independent)
         self._options = options
-        self._outer: AsyncSession | None = None
-        self._session: AsyncSession | None = None
-        self._token: Token[ActiveScope | None] | None = None
-        self._turn: asyncio.Lock | None = None
 
     async def __aenter__(self) -> AsyncSession:
-        if self._session is not None:
-            raise RuntimeError("a session scope cannot be entered twice; call the function again")
+        active = self._active()
         scopes = self._scopes
         task = asyncio.current_task()
-        active = scopes.active.get()
-        if active is None and scopes.disposed:  # (a block inside a session may go on)
-            raise scopes.disposed_error()
         options = self._options or NO_OPTIONS  # the options of the transaction it will be in
         outer = None
         # (A sync scope of the same task, the legacy API on the loop's thread, cannot be
@@ -236,9 +285,7 @@ class SessionScope:
             # Its transaction begins at checkout, as the connection's ping (see _ping),
             # unless options are to be set on the connection before it begins.
             session.sync_session.begin_at_checkout = not self._options  # type: ignore[attr-defined]
-        self._session = session
-        self._token = scopes.active.set(ActiveScope(task, session, options))
-        scopes.open.opened(self, task, asyncio.get_running_loop())
+        self._opened(session, task, options, asyncio.get_running_loop())
         # Inside a test transaction the options cannot apply (it has begun long ago).
         if self._options and self._outer is None and self._turn is None:
             try:
@@ -257,15 +304,10 @@ class SessionScope:
         try:
             await self._exit(exc)
         finally:
-            if self._turn is not None:
-                self._turn.release()
-            self._scopes.open.closed(self)
+            self._closed()
 
     async def _exit(self, exc: BaseException | None) -> None:
-        session, token = self._session, self._token
-        assert session is not None
-        assert token is not None
-        restore_active(self._scopes.active, token)
+        session = self._leaving()
         if exc is not None:
             await self._release(session, graceful=is_graceful("async", exc))
             return

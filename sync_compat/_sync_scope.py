@@ -9,7 +9,6 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
-from contextvars import Token
 from types import TracebackType
 
 from sqlalchemy.orm import Session
@@ -18,15 +17,14 @@ from atom_async_db._compat import (
     NESTED_SESSION,
     NO_OPTIONS,
     TEST_ROOT_SESSION,
-    ActiveScope,
     Outer,
     Place,
+    ScopeBase,
     Scopes,
     hand_over_to_outer,
     has_unsaved_changes,
     is_graceful,
     place,
-    restore_active,
     turn_timeout,
     warn_uncommitted,
 )
@@ -36,7 +34,7 @@ __all__ = ["SyncSessionScope"]
 logger = logging.getLogger("atom_async_db")
 
 
-class SyncSessionScope:
+class SyncSessionScope(ScopeBase[Session]):
     """Context manager yielding a sync ``Session``: the async scope's policy and lifecycle
     for the legacy layer's sync engine, with the thread in the role of the task.
 
@@ -44,16 +42,7 @@ class SyncSessionScope:
     nested scopes get ``bind=`` the outer connection and ``join_transaction_mode``.
     """
 
-    __slots__ = (
-        "_commit",
-        "_independent",
-        "_make_session",
-        "_outer",
-        "_scopes",
-        "_session",
-        "_token",
-        "_turn",
-    )
+    __slots__ = ("_make_session",)
 
     def __init__(
         self,
@@ -63,25 +52,15 @@ class SyncSessionScope:
         commit: bool,
         independent: bool = False,
     ) -> None:
-        self._scopes = scopes
+        super().__init__(scopes, commit=commit, independent=independent)
         self._make_session = make_session
-        self._commit = commit
-        self._independent = independent
-        self._outer: Session | None = None
-        self._session: Session | None = None
-        self._token: Token[ActiveScope | None] | None = None
-        self._turn: threading.Lock | None = None
 
     def __enter__(self) -> Session:
-        if self._session is not None:
-            raise RuntimeError("a session scope cannot be entered twice; call the function again")
+        active = self._active()
         scopes = self._scopes
         # The owner is the thread, or the task when this runs on an event loop's thread.
         task = asyncio.current_task() if asyncio._get_running_loop() is not None else None
         owner: object = task or threading.current_thread()
-        active = scopes.active.get()
-        if active is None and scopes.disposed:
-            raise scopes.disposed_error()
         outer = None
         if active is not None and active.owner is owner and isinstance(active.session, Session):
             outer = active.session
@@ -110,9 +89,7 @@ class SyncSessionScope:
             session = self._make_session(bind=connection, **TEST_ROOT_SESSION)
         else:
             session = self._make_session()
-        self._session = session
-        self._token = scopes.active.set(ActiveScope(owner, session))
-        scopes.open.opened(self, owner, None)
+        self._opened(session, owner, NO_OPTIONS, None)
         return session
 
     def __exit__(
@@ -124,15 +101,10 @@ class SyncSessionScope:
         try:
             self._exit(exc)
         finally:
-            if self._turn is not None:
-                self._turn.release()
-            self._scopes.open.closed(self)
+            self._closed()
 
     def _exit(self, exc: BaseException | None) -> None:
-        session, token = self._session, self._token
-        assert session is not None
-        assert token is not None
-        restore_active(self._scopes.active, token)
+        session = self._leaving()
         if exc is not None:
             _release(session, graceful=is_graceful("sync", exc))
             return
