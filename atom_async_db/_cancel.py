@@ -22,7 +22,7 @@ the stand-in, never the call. When the caller is cancelled meanwhile, the call i
 - It does not: it is stopped. An aiosqlite statement is interrupted and fails, which
   leaves the connection consistent (as if it had finished). An asyncpg call is cancelled
   midway (asyncpg cancels the statement on the server) and the connection is marked
-  *tainted*; :func:`install_cancellation_rules` makes SQLAlchemy discard tainted
+  *tainted*; ``_connector.install_cancellation_rules`` makes SQLAlchemy discard tainted
   connections and keep every other one.
 
 Third-party internals. This module, ``_proxies``, ``_sqlite_here``, ``_connector``,
@@ -52,15 +52,8 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import anyio
-from sqlalchemy import event
-from sqlalchemy.engine import Engine, ExceptionContext
 
-from ._classify import (
-    CONNECTION_LOST_NOTE,
-    commit_outcome_unknown,
-    explain_connect_error,
-    is_connection_loss,
-)
+from ._classify import is_connection_loss
 
 __all__ = [
     "COMMIT_ABANDONED_NOTE",
@@ -70,7 +63,6 @@ __all__ = [
     "cancellation_rearmed",
     "deliver_rearmed_cancellation",
     "guard_of",
-    "install_cancellation_rules",
 ]
 
 # Calls that put a connection back at rest: a cancellation never stops them.
@@ -432,37 +424,3 @@ def guard_of(driver_connection: Any) -> ConnectionGuard | None:
     """
     guard = getattr(driver_connection, "_atom_guard", None)
     return guard if isinstance(guard, ConnectionGuard) else None
-
-
-def install_cancellation_rules(engine: Engine) -> None:
-    """Make ``engine`` (an async engine's ``sync_engine``) keep connections that a
-    cancellation interrupted unless their guard says their state is unknown.
-
-    SQLAlchemy treats every ``CancelledError`` during a statement as a disconnect and
-    discards the connection; with guarded driver calls it is known to be at rest.
-    """
-
-    @event.listens_for(engine, "handle_error")
-    def _keep_connections_at_rest(context: ExceptionContext) -> BaseException | None:
-        connection = context.connection
-        if connection is None:
-            explain_connect_error(context)
-            return None
-        if connection.invalidated:
-            return None
-        guard = guard_of(connection.connection.driver_connection)
-        if guard is None:
-            return None
-        original = context.original_exception
-        if isinstance(original, asyncio.CancelledError):
-            context.is_disconnect = guard.tainted
-        elif guard.commit_outcome_unknown:
-            guard.commit_outcome_unknown = False
-            context.is_disconnect = True
-            return commit_outcome_unknown(original)
-        elif context.sqlalchemy_exception is not None and is_connection_loss(
-            original.__cause__ or original
-        ):
-            context.is_disconnect = True  # never hand this connection out again
-            context.sqlalchemy_exception.add_note(CONNECTION_LOST_NOTE)
-        return None

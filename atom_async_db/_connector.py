@@ -1,5 +1,6 @@
 """The guarded connector: how each async engine opens a driver connection, guarded, with
-network failures reported as :class:`~atom_async_db.DatabaseUnavailableError`.
+network failures reported as :class:`~atom_async_db.DatabaseUnavailableError`, and the
+engine rule that keeps the connections its guards know to be at rest.
 """
 
 from __future__ import annotations
@@ -9,12 +10,20 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, ExceptionContext
 
-from ._cancel import SETTLE_TIMEOUT, ConnectionGuard
+from ._cancel import SETTLE_TIMEOUT, ConnectionGuard, guard_of
+from ._classify import (
+    CONNECTION_LOST_NOTE,
+    commit_outcome_unknown,
+    explain_connect_error,
+    is_connection_loss,
+)
 from ._proxies import guard_connection
 from .exceptions import DatabaseUnavailableError
 
-__all__ = ["guarded_connector"]
+__all__ = ["guarded_connector", "install_cancellation_rules"]
 
 
 def guarded_connector(
@@ -74,3 +83,37 @@ async def _connect(connect: Callable[..., Any], args: Any, kwargs: Any, server: 
             f"cannot connect to the database server at {server} ({reason}); check that it is "
             "running and reachable, and the host and port of the database URL"
         ) from error
+
+
+def install_cancellation_rules(engine: Engine) -> None:
+    """Make ``engine`` (an async engine's ``sync_engine``) keep connections that a
+    cancellation interrupted unless their guard says their state is unknown.
+
+    SQLAlchemy treats every ``CancelledError`` during a statement as a disconnect and
+    discards the connection; with guarded driver calls it is known to be at rest.
+    """
+
+    @event.listens_for(engine, "handle_error")
+    def _keep_connections_at_rest(context: ExceptionContext) -> BaseException | None:
+        connection = context.connection
+        if connection is None:
+            explain_connect_error(context)
+            return None
+        if connection.invalidated:
+            return None
+        guard = guard_of(connection.connection.driver_connection)
+        if guard is None:
+            return None
+        original = context.original_exception
+        if isinstance(original, asyncio.CancelledError):
+            context.is_disconnect = guard.tainted
+        elif guard.commit_outcome_unknown:
+            guard.commit_outcome_unknown = False
+            context.is_disconnect = True
+            return commit_outcome_unknown(original)
+        elif context.sqlalchemy_exception is not None and is_connection_loss(
+            original.__cause__ or original
+        ):
+            context.is_disconnect = True  # never hand this connection out again
+            context.sqlalchemy_exception.add_note(CONNECTION_LOST_NOTE)
+        return None

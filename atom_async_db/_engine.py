@@ -20,9 +20,8 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import Pool
 
-from ._cancel import install_cancellation_rules
 from ._classify import install_commit_outcome_rule
-from ._connector import guarded_connector
+from ._connector import guarded_connector, install_cancellation_rules
 from ._ping import install_checkout_ping
 from ._pool import FairAsyncPool, FairPool
 from ._settings import ASYNCPG_SECONDS, Settings
