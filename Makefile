@@ -15,7 +15,7 @@ FASTAPI_TESTS := tests/atom_async_db/test_fastapi.py tests/atom_async_db/test_fa
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[postgres,fastapi,dev]'
+	$(PY) -m pip install --quiet -e '.[postgres,fastapi,alembic,sqlmodel,dev]'
 	touch $@
 
 test: $(VENV)/.installed
@@ -33,7 +33,7 @@ test-fastapi-min:
 # bounds: run it before raising a bound (not in CI: a new release must not turn main red).
 test-newest:
 	$(PYTHON) -m venv .venv-newest
-	.venv-newest/bin/python -m pip install --quiet -e '.[postgres,fastapi,dev]'
+	.venv-newest/bin/python -m pip install --quiet -e '.[postgres,fastapi,alembic,sqlmodel,dev]'
 	.venv-newest/bin/python -m pip install --quiet --upgrade --pre 'sqlalchemy[asyncio]' aiosqlite asyncpg 'psycopg[binary]'
 	.venv-newest/bin/python -m pip list 2>/dev/null | grep -iE '^(sqlalchemy|aiosqlite|asyncpg|psycopg) '
 	scripts/ensure-postgres

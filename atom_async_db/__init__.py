@@ -17,6 +17,7 @@ from ._default import (
     get_database,
     transaction_dependency,
 )
+from ._factory import AsyncSessionFactory
 from ._hooks import on_commit, savepoint
 from ._retry import is_conflict, retry_on_conflict
 from ._settings import EMBEDDED_DATABASE_FILENAME
@@ -43,6 +44,7 @@ from .exceptions import (
 
 __all__ = [
     "EMBEDDED_DATABASE_FILENAME",
+    "AsyncSessionFactory",
     "AtomDBError",
     "AtomDBWarning",
     "CommitOutcomeUnknownError",

@@ -11,7 +11,7 @@ from ._default import current_default
 from ._engine import create_sync_engine_for
 from ._masking import mask_url
 from ._nesting import Outer, Place, is_graceful, place
-from ._options import NO_OPTIONS
+from ._options import NO_OPTIONS, SessionOptionArgs, SessionOptions
 from ._pool import FairPool
 from ._session import (
     ScopeBase,
@@ -37,6 +37,8 @@ __all__ = [
     "Place",
     "ScopeBase",
     "Scopes",
+    "SessionOptionArgs",
+    "SessionOptions",
     "SessionScope",
     "TrackedSession",
     "create_sync_engine_for",

@@ -22,7 +22,7 @@ from ._options import SessionOptionArgs, SessionOptions
 from ._pool import FairPool
 from ._session import Scopes, SessionScope
 from ._settings import Settings, build_settings
-from ._tracked import BackingSession, SingleTaskAsyncSession
+from ._tracked import backing_class, single_task_class
 
 __all__ = ["Database"]
 
@@ -84,9 +84,9 @@ class Database:
             settings,
             self._engines,
             async_sessionmaker(
-                class_=SingleTaskAsyncSession,
+                class_=single_task_class(settings.async_session_class),
                 expire_on_commit=False,
-                sync_session_class=BackingSession,
+                sync_session_class=backing_class(settings.session_class),
             ),
         )
         self._sync_engine: Engine | None = None
@@ -143,7 +143,11 @@ class Database:
         return engine
 
     def get_async_db_session(
-        self, *, independent: bool = False, **options: Unpack[SessionOptionArgs]
+        self,
+        *,
+        independent: bool = False,
+        commit: bool = True,
+        **options: Unpack[SessionOptionArgs],
     ) -> AbstractAsyncContextManager[AsyncSession]:
         """A session that commits on success, rolls back on error and is always closed.
 
@@ -153,7 +157,7 @@ class Database:
             What :func:`atom_async_db.get_async_db_session` raises.
         """
         checked = SessionOptions.of(self.settings.dialect, options)
-        return SessionScope(self._scopes, commit=True, independent=independent, options=checked)
+        return SessionScope(self._scopes, commit=commit, independent=independent, options=checked)
 
     async def get_async_db(self) -> AsyncIterator[AsyncSession]:
         """FastAPI dependency: a request-scoped session that never commits on its own.

@@ -92,7 +92,7 @@ def get_database() -> Database:
 
 
 def get_async_db_session(
-    *, independent: bool = False, **options: Unpack[SessionOptionArgs]
+    *, independent: bool = False, commit: bool = True, **options: Unpack[SessionOptionArgs]
 ) -> AbstractAsyncContextManager[AsyncSession]:
     """Open a session for services, workers and scripts: ``async with`` it.
 
@@ -122,13 +122,30 @@ def get_async_db_session(
 
     A block that would join may ask only for options its outer transaction already has.
 
+    ``commit=False`` leaves committing to the caller, with :func:`get_async_db`'s
+    semantics: what is not committed when the block ends is rolled back (with an
+    :class:`UncommittedChangesWarning` when it ends cleanly), and the session is always
+    closed. Use it in scripts and test fixtures that call ``await db.commit()`` themselves
+    and may end without committing (a test that expects an ``IntegrityError``); use the
+    default where the block is the unit of work::
+
+        async with get_async_db_session(commit=False) as db:
+            db.add(User(email="ada@example.com"))
+            await db.commit()
+
     Raises:
         ConfigurationError: an option is invalid, or not available on SQLite.
         SessionNestingError: the block would join an outer transaction that lacks its
             options, or is ``independent=True`` on SQLite while the outer block holds a
             transaction.
+        DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
+        PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
+        DatabaseUnavailableError: a new connection could not be opened (the server is down or
+            unreachable).
+        CommitOutcomeUnknownError: the connection was lost while COMMIT was in flight: the
+            work may or may not be saved.
     """
-    return get_database().get_async_db_session(independent=independent, **options)
+    return get_database().get_async_db_session(independent=independent, commit=commit, **options)
 
 
 async def get_async_db() -> AsyncIterator[AsyncSession]:

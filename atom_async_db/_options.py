@@ -9,12 +9,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypedDict
 
-from sqlalchemy import text
-
 from .exceptions import ConfigurationError
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
 
     from ._settings import Dialect
 
@@ -148,22 +147,42 @@ class SessionOptions:
             self.isolation_level or self.read_only or self.statement_timeout or self.lock_timeout
         )
 
-    async def apply(self, session: AsyncSession) -> None:
-        """Set the options on the session's connection and transaction (first thing)."""
+    def _on_connection(self) -> tuple[dict[str, object] | None, list[str]]:
+        """The connection's execution options and the statements that set the rest."""
         execution_options: dict[str, object] = {}
         if self.isolation_level:
             execution_options["isolation_level"] = self.isolation_level
         if self.read_only:
             execution_options["postgresql_readonly"] = True
-        await session.connection(execution_options=execution_options or None)
         # SET LOCAL: the transaction's own, reverted at its end.
         # (Whole milliseconds, rounded up: 0 would turn the timeout off.)
-        if self.statement_timeout:
-            ms = math.ceil(self.statement_timeout * 1000)
-            await session.execute(text(f"SET LOCAL statement_timeout = {ms}"))
-        if self.lock_timeout:
-            ms = math.ceil(self.lock_timeout * 1000)
-            await session.execute(text(f"SET LOCAL lock_timeout = {ms}"))
+        statements = [
+            f"SET LOCAL {name} = {math.ceil(seconds * 1000)}"
+            for name, seconds in (
+                ("statement_timeout", self.statement_timeout),
+                ("lock_timeout", self.lock_timeout),
+            )
+            if seconds
+        ]
+        return execution_options or None, statements
+
+    async def apply(self, session: AsyncSession) -> None:
+        """Set the options on the session's connection and transaction (first thing).
+
+        On the connection, not through ``session.execute``, which an application's
+        session class may override (SQLModel's warns).
+        """
+        execution_options, statements = self._on_connection()
+        connection = await session.connection(execution_options=execution_options)
+        for statement in statements:
+            await connection.exec_driver_sql(statement)
+
+    def apply_sync(self, session: Session) -> None:
+        """:meth:`apply` for a sync session."""
+        execution_options, statements = self._on_connection()
+        connection = session.connection(execution_options=execution_options)
+        for statement in statements:
+            connection.exec_driver_sql(statement)
 
 
 NO_OPTIONS = SessionOptions()

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import threading
 import warnings
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -233,7 +234,7 @@ class ScopeBase(Generic[_S]):
 class SessionScope(ScopeBase[AsyncSession]):
     """Async context manager yielding an ``AsyncSession``; see the module docstring."""
 
-    __slots__ = ("_options",)
+    __slots__ = ("_make_session", "_options")
 
     def __init__(
         self,
@@ -242,9 +243,12 @@ class SessionScope(ScopeBase[AsyncSession]):
         commit: bool,
         independent: bool = False,
         options: SessionOptions | None = None,
+        make_session: Callable[..., AsyncSession] | None = None,
     ) -> None:
         super().__init__(scopes, commit=commit, independent=independent)
         self._options = options
+        # (An AsyncSessionFactory's, with its own keywords; else the database's.)
+        self._make_session = make_session or scopes.make_session
 
     async def __aenter__(self) -> AsyncSession:
         active = self._active()
@@ -273,15 +277,15 @@ class SessionScope(ScopeBase[AsyncSession]):
             # The inner block must see what the outer one has done so far.
             await outer.flush()
             connection = await outer.connection()
-            session = scopes.make_session(bind=connection, **NESTED_SESSION)
+            session = self._make_session(bind=connection, **NESTED_SESSION)
             self._outer = outer
             options = outer_options
         elif where is Place.TEST_ROOT:
             assert pinned is not None
             self._turn = await _take_turn(pinned, scopes.settings.test_turn_timeout)
-            session = scopes.make_session(bind=pinned.connection, **TEST_ROOT_SESSION)
+            session = self._make_session(bind=pinned.connection, **TEST_ROOT_SESSION)
         else:
-            session = scopes.make_session(bind=scopes.engine())
+            session = self._make_session(bind=scopes.engine())
             # Its transaction begins at checkout, as the connection's ping (see _ping),
             # unless options are to be set on the connection before it begins.
             session.sync_session.begin_at_checkout = not self._options  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ Precedence: explicit keyword > environment variable > per-dialect default.
 from __future__ import annotations
 
 import difflib
+import importlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from ._masking import mask_mapping, mask_url
 from ._urls import ACCEPTED_URL_FORMS, ASYNCPG_SECONDS, Dialect, normalise_url
@@ -123,6 +126,39 @@ def _application_name(value: object, label: str) -> str:
     return value
 
 
+def _class_option(base: type, example: str) -> Callable[[object, str], type]:
+    """A parser for a class option: a subclass of ``base``, or its import path as
+    ``"package.module:Name"`` (how an environment variable names it).
+    """
+    expectation = f"a subclass of {base.__module__}.{base.__qualname__} (such as {example})"
+
+    def parse(value: object, label: str) -> type:
+        if isinstance(value, str):
+            value = _import_class(value.strip(), label, expectation)
+        if not isinstance(value, type) or not issubclass(value, base):
+            raise ConfigurationError(f"{label} must be {expectation}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _import_class(path: str, label: str, expectation: str) -> object:
+    module_name, _, name = path.partition(":")
+    if not module_name or not name:
+        raise ConfigurationError(
+            f"{label} must be {expectation}, or its import path as 'package.module:Name', "
+            f"got {path!r}"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigurationError(f"{label}: cannot import {module_name!r} ({error})") from None
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise ConfigurationError(f"{label}: {module_name!r} has no {name!r}") from None
+
+
 @dataclass(frozen=True)
 class _Option:
     env: str
@@ -165,7 +201,44 @@ OPTIONS: Mapping[str, _Option] = {
     "sync_on_event_loop": _Option(
         "ATOM_DB_SYNC_ON_EVENT_LOOP", _choice("warn", "error"), "warn", "warn"
     ),
+    # The application's own session classes (SQLModel's), which ours are composed with.
+    "session_class": _Option(
+        "ATOM_DB_SESSION_CLASS", _class_option(Session, "sqlmodel.Session"), None, None
+    ),
+    "async_session_class": _Option(
+        "ATOM_DB_ASYNC_SESSION_CLASS",
+        _class_option(AsyncSession, "sqlmodel.ext.asyncio.session.AsyncSession"),
+        None,
+        None,
+    ),
 }
+
+
+def _session_classes(
+    sync: type[Session] | None, asynchronous: type[AsyncSession] | None
+) -> tuple[type[Session], type[AsyncSession]]:
+    """The sync class of every session (the legacy API's, and the one under each
+    ``AsyncSession``) and the ``AsyncSession`` class: one option may imply the other.
+
+    The sync class is the more derived of ``session_class`` and the async class's own
+    ``sync_session_class`` (SQLModel's ``AsyncSession`` names SQLModel's ``Session``), so
+    that each async method finds the sync method it calls.
+
+    Raises:
+        ConfigurationError: neither sync class derives from the other.
+    """
+    asynchronous = asynchronous or AsyncSession
+    beneath = asynchronous.sync_session_class
+    sync = sync or Session
+    if issubclass(beneath, sync):
+        sync = beneath
+    elif not issubclass(sync, beneath):
+        raise ConfigurationError(
+            f"session_class {sync.__qualname__} must be a subclass of "
+            f"{beneath.__module__}.{beneath.__qualname__}, the sync_session_class of "
+            f"async_session_class {asynchronous.__qualname__}, whose methods call it"
+        )
+    return sync, asynchronous
 
 
 # --------------------------------------------------------------------------- settings
@@ -197,6 +270,12 @@ class Settings:
     sync_pool_size: int
     sync_max_overflow: int
     sync_on_event_loop: Literal["warn", "error"]
+    session_class: type[Session]
+    """The sync class of every session: the legacy API's, and the one under each
+    ``AsyncSession`` (``sqlalchemy.orm.Session`` unless the application names its own)."""
+    async_session_class: type[AsyncSession]
+    """The class of every ``AsyncSession`` (``sqlalchemy.ext.asyncio.AsyncSession`` unless
+    the application names its own); the library composes its own behaviour with both."""
     engine_options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -292,6 +371,9 @@ def build_settings(
         sync_url = sync_url.difference_update_query(["application_name"])
         if "application_name" not in options and not environ.get("ATOM_DB_APPLICATION_NAME"):
             values["application_name"] = _application_name(from_url, "application_name in the URL")
+    values["session_class"], values["async_session_class"] = _session_classes(
+        values["session_class"], values["async_session_class"]
+    )
     for name in ("pool_size", "max_overflow"):
         if values[f"sync_{name}"] is None:
             values[f"sync_{name}"] = values[name]

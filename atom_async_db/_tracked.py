@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect as inspect_module
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,10 @@ __all__ = [
     "BackingSession",
     "SingleTaskAsyncSession",
     "TrackedSession",
+    "backing_class",
     "hand_over_to_outer",
     "has_unsaved_changes",
+    "single_task_class",
 ]
 
 COMMITTED_BEFORE_CANCEL_NOTE = (
@@ -81,11 +84,11 @@ class BackingSession(TrackedSession):
 install_hooks(TrackedSession)
 
 
-def _one_task_at_a_time(name: str) -> Callable[..., Any]:
-    """``AsyncSession``'s method ``name``, refusing a second task while one runs it, and
+def _one_task_at_a_time(name: str, base: type[AsyncSession] = AsyncSession) -> Callable[..., Any]:
+    """The method ``name`` of ``base``, refusing a second task while one runs it, and
     delivering a cancellation the guard re-armed (see ``_cancel``) once the call is back.
     """
-    method = getattr(AsyncSession, name)
+    method = getattr(base, name)
     is_commit = name == "commit"
 
     @functools.wraps(method)
@@ -170,6 +173,72 @@ class SingleTaskAsyncSession(AsyncSession):
         scalars = _one_task_at_a_time("scalars")
         stream = _one_task_at_a_time("stream")
         stream_scalars = _one_task_at_a_time("stream_scalars")
+
+
+# The methods above; an application's session class gets them wrapped again around its own,
+# with its own public coroutine methods (SQLModel's ``exec``), except these, which only
+# end the session's work and may run from another task (a cleanup).
+_ONE_TASK_METHODS = (
+    "commit",
+    "connection",
+    "delete",
+    "execute",
+    "flush",
+    "get",
+    "get_one",
+    "merge",
+    "refresh",
+    "run_sync",
+    "scalar",
+    "scalars",
+    "stream",
+    "stream_scalars",
+)
+_ENDING_METHODS = frozenset({"close", "rollback", "invalidate", "reset"})
+
+
+# Composed once per application class, so sessions of one class share one type.
+_COMPOSED: dict[type, Any] = {}
+
+
+def single_task_class(application: type[AsyncSession]) -> type[SingleTaskAsyncSession]:
+    """The ``AsyncSession`` class handed out for an application's own ``application`` class:
+    ours composed with it, so that its methods (SQLModel's ``exec``) are there and each
+    awaiting one runs one task at a time.
+    """
+    if application is AsyncSession:
+        return SingleTaskAsyncSession
+    composed: type[SingleTaskAsyncSession] | None = _COMPOSED.get(application)
+    if composed is not None:
+        return composed
+    own = {
+        name
+        for klass in application.__mro__[: application.__mro__.index(AsyncSession)]
+        for name, value in vars(klass).items()
+        if not name.startswith("_")
+        and name not in _ENDING_METHODS
+        and inspect_module.iscoroutinefunction(value)
+    }
+    methods = {name: _one_task_at_a_time(name, application) for name in {*_ONE_TASK_METHODS, *own}}
+    composed = type(
+        f"SingleTask{application.__name__}", (SingleTaskAsyncSession, application), methods
+    )
+    _COMPOSED[application] = composed
+    return composed
+
+
+def backing_class(application: type[Session]) -> type[BackingSession]:
+    """The sync session class behind our ``AsyncSession`` for an application's own sync
+    ``application`` class (SQLModel's ``Session``): ours composed with it.
+    """
+    if application is Session:
+        return BackingSession
+    composed: type[BackingSession] | None = _COMPOSED.get(application)
+    if composed is None:
+        composed = _COMPOSED[application] = type(
+            f"Backing{application.__name__}", (BackingSession, application), {}
+        )
+    return composed
 
 
 # --------------------------------------------------------------------------- flush bookkeeping

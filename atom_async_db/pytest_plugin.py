@@ -99,6 +99,10 @@ def atom_database(
 ) -> Iterator[Database]:
     """The tests' database, configured as the default for the whole test session, with the
     tables of ``atom_db_metadata`` created.
+
+    It keeps the session classes of the default database the application configured
+    (``configure(async_session_class=...)`` at import, such as SQLModel's); the
+    environment's ``ATOM_DB_*`` settings apply to it as to any database.
     """
     config = request.config
     url = config.getoption("--atom-db-url") or os.environ.get("ATOM_TEST_DATABASE_URL")
@@ -111,7 +115,16 @@ def atom_database(
     if throwaway and make_url(url).get_backend_name() in {"postgresql", "postgres"}:
         url, dropper = _create_throwaway_database(url)
     previous = _default.current_default()
-    database = _default.configure(url)
+    # The application's own session classes (SQLModel's) stay those of its sessions.
+    classes: dict[str, Any] = (
+        {
+            "session_class": previous.settings.session_class,
+            "async_session_class": previous.settings.async_session_class,
+        }
+        if previous is not None
+        else {}
+    )
+    database = _default.configure(url, **classes)
     database._reopens = True  # an app's lifespan may dispose it between tests
     try:
         for metadata in _as_list(atom_db_metadata):

@@ -29,11 +29,12 @@ from atom_async_db import (
 from atom_async_db._compat import current_default
 
 from . import database_manager
-from ._scopes import get_db, get_db_session, run_legacy
-from ._session import LegacySession, SessionLocal
+from ._scopes import get_db, get_db_for, get_db_session, run_legacy
+from ._session import LegacySession, LegacySessionFactory, SessionLocal
 
 __all__ = [
     "LegacySession",
+    "LegacySessionFactory",
     "SessionLocal",
     "SyncSessionContextError",
     "SyncSessionOnEventLoopError",
@@ -41,6 +42,7 @@ __all__ = [
     "database_manager",
     "dispose",
     "get_db",
+    "get_db_for",
     "get_db_session",
     "run_legacy",
 ]

@@ -16,20 +16,33 @@ from typing import ParamSpec, TypeVar
 
 from sqlalchemy.orm import Session
 from sqlalchemy.util.concurrency import await_, greenlet_spawn, in_greenlet
+from typing_extensions import Unpack
 
-from atom_async_db import get_database
-from atom_async_db._compat import SessionScope, deliver_rearmed_cancellation
+from atom_async_db import Database, get_database
+from atom_async_db._compat import (
+    NO_OPTIONS,
+    SessionOptionArgs,
+    SessionOptions,
+    SessionScope,
+    deliver_rearmed_cancellation,
+)
 
 from ._session import SessionLocal
 from ._sync_scope import SyncSessionScope
 
-__all__ = ["get_db", "get_db_session", "run_legacy"]
+__all__ = ["get_db", "get_db_for", "get_db_session", "run_legacy"]
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
-def get_db_session(*, independent: bool = False) -> AbstractContextManager[Session]:
+def get_db_session(
+    *,
+    independent: bool = False,
+    commit: bool = True,
+    database: Database | None = None,
+    **options: Unpack[SessionOptionArgs],
+) -> AbstractContextManager[Session]:
     """Open a session for services, background jobs and scripts: ``with`` it.
 
     The seed's semantics: commits when the block exits cleanly, rolls back when it raises
@@ -51,11 +64,20 @@ def get_db_session(*, independent: bool = False) -> AbstractContextManager[Sessi
     ``independent=True`` takes a connection of its own and commits on its own instead (an
     audit record that must survive the caller's failure).
 
+    As on the async side: ``commit=False`` leaves committing to the caller (``get_db``'s
+    semantics, for scripts and fixtures that commit themselves); ``database`` names another
+    database than the default; the options (``isolation_level``, ``read_only``,
+    ``statement_timeout``, ``lock_timeout``) are those of
+    :func:`atom_async_db.get_async_db_session`.
+
     Raises:
+        ConfigurationError: an option is invalid, or not available on SQLite.
+        SessionNestingError: the block would join an outer transaction that lacks its
+            options.
         SyncSessionOnEventLoopError: a statement ran on the event loop's thread and the
             ``sync_on_event_loop`` setting is ``"error"`` (use :func:`run_legacy`).
         SessionNestingError: ``independent=True`` on SQLite while the outer block holds a
-            transaction.
+            write transaction.
         DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
         PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
         DatabaseUnavailableError: a new connection could not be opened (the server is down or
@@ -63,7 +85,9 @@ def get_db_session(*, independent: bool = False) -> AbstractContextManager[Sessi
         CommitOutcomeUnknownError: the connection was lost while COMMIT was in flight: the
             work may or may not be saved.
     """
-    return _scope(commit=True, independent=independent)
+    database = database or get_database()
+    checked = SessionOptions.of(database.settings.dialect, options)
+    return _scope(database, commit=commit, independent=independent, options=checked)
 
 
 def get_db() -> Iterator[Session]:
@@ -93,8 +117,26 @@ def get_db() -> Iterator[Session]:
         DatabaseUnavailableError: a new connection could not be opened (the server is down or
             unreachable).
     """
-    with _scope(commit=False) as session:
+    with _scope(get_database(), commit=False) as session:
         yield session
+
+
+def get_db_for(database: Database) -> Callable[[], Iterator[Session]]:
+    """:func:`get_db` for another database than the default (a reporting database).
+
+    Declare it once, next to the database::
+
+        ReportingDB = Annotated[Session, Depends(get_db_for(reporting))]
+
+    Raises:
+        What :func:`get_db` raises, on ``database``.
+    """
+
+    def get_db() -> Iterator[Session]:
+        with _scope(database, commit=False) as session:
+            yield session
+
+    return get_db
 
 
 async def run_legacy(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
@@ -139,12 +181,21 @@ async def run_legacy(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwarg
     return result
 
 
-def _scope(*, commit: bool, independent: bool = False) -> AbstractContextManager[Session]:
-    database = get_database()
+def _scope(
+    database: Database,
+    *,
+    commit: bool,
+    independent: bool = False,
+    options: SessionOptions = NO_OPTIONS,
+) -> AbstractContextManager[Session]:
     if in_greenlet():
-        return _bridged(SessionScope(database._scopes, commit=commit, independent=independent))
+        return _bridged(
+            SessionScope(database._scopes, commit=commit, independent=independent, options=options)
+        )
     make_session = functools.partial(SessionLocal, database=database)
-    return SyncSessionScope(database._scopes, make_session, commit=commit, independent=independent)
+    return SyncSessionScope(
+        database._scopes, make_session, commit=commit, independent=independent, options=options
+    )
 
 
 @contextmanager

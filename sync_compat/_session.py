@@ -33,6 +33,7 @@ from sqlalchemy.util.concurrency import in_greenlet
 
 import atom_async_db
 from atom_async_db import (
+    ConfigurationError,
     Database,
     SyncSessionContextError,
     SyncSessionOnEventLoopError,
@@ -41,7 +42,7 @@ from atom_async_db import (
 )
 from atom_async_db._compat import FairPool, TrackedSession, create_sync_engine_for, mask_url
 
-__all__ = ["LegacySession", "SessionLocal"]
+__all__ = ["LegacySession", "LegacySessionFactory", "SessionLocal"]
 
 logger = logging.getLogger("atom_async_db")
 
@@ -174,10 +175,73 @@ def _forget_engine(session: Session, transaction: SessionTransaction) -> None:
         session._atom_engine = None
 
 
+class LegacySessionFactory(sessionmaker[LegacySession]):
+    """The type of :data:`SessionLocal`: SQLAlchemy's ``sessionmaker`` whose sessions are
+    :class:`LegacySession` composed with the application's own session class.
+
+    That class is the database's ``session_class`` setting (SQLModel's ``Session``, say),
+    or one given here with ``SessionLocal.configure(class_=...)``, which wins; the other
+    keywords of ``configure()`` and of each call are a ``sessionmaker``'s.
+
+    Raises:
+        Nothing when it is made; calling it builds the default database when it names
+        none, and raises what :func:`atom_async_db.get_database` raises.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(class_=LegacySession, expire_on_commit=False)
+        self._application: type[Session] | None = None
+        self._composed: dict[type[Session], type[LegacySession]] = {}
+
+    def configure(self, **new_kw: Any) -> None:
+        """Change the keywords new sessions get, as ``sessionmaker.configure``; ``class_``
+        names the application's own session class.
+
+        Raises:
+            ConfigurationError: ``class_`` is not a subclass of ``sqlalchemy.orm.Session``.
+        """
+        if "class_" in new_kw:
+            application = new_kw.pop("class_")
+            if application is not None and not (
+                isinstance(application, type) and issubclass(application, Session)
+            ):
+                raise ConfigurationError(
+                    "SessionLocal.configure(class_=...) takes a subclass of "
+                    f"sqlalchemy.orm.Session (such as sqlmodel.Session), got {application!r}"
+                )
+            self._application = application
+        super().configure(**new_kw)
+
+    def _class_for(self, database: Database | None) -> type[LegacySession]:
+        """The class of the sessions made for ``database`` (None: the default one)."""
+        application = self._application
+        if application is None:
+            application = (database or atom_async_db.get_database()).settings.session_class
+        if application is Session or issubclass(self.class_, application):
+            return self.class_
+        composed = self._composed.get(application)
+        if composed is None:
+            composed = self._composed[application] = type(
+                f"Legacy{application.__name__}", (self.class_, application), {}
+            )
+        return composed
+
+    def __call__(self, **local_kw: Any) -> LegacySession:
+        """A new session, as ``sessionmaker()``; ``database=`` names its database.
+
+        Raises:
+            What :func:`atom_async_db.get_database` raises, when it names no database.
+        """
+        for key, value in self.kw.items():
+            if key == "info" and "info" in local_kw:
+                local_kw["info"] = {**value, **local_kw["info"]}
+            else:
+                local_kw.setdefault(key, value)
+        return self._class_for(local_kw.get("database"))(**local_kw)
+
+
 #: The legacy session factory (``expire_on_commit=False``, as in the seed).
-SessionLocal: sessionmaker[LegacySession] = sessionmaker(
-    class_=LegacySession, expire_on_commit=False
-)
+SessionLocal = LegacySessionFactory()
 
 _outside_pool: weakref.WeakKeyDictionary[Database, Engine] = weakref.WeakKeyDictionary()
 

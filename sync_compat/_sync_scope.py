@@ -21,6 +21,7 @@ from atom_async_db._compat import (
     Place,
     ScopeBase,
     Scopes,
+    SessionOptions,
     hand_over_to_outer,
     has_unsaved_changes,
     is_graceful,
@@ -42,7 +43,7 @@ class SyncSessionScope(ScopeBase[Session]):
     nested scopes get ``bind=`` the outer connection and ``join_transaction_mode``.
     """
 
-    __slots__ = ("_make_session",)
+    __slots__ = ("_make_session", "_options")
 
     def __init__(
         self,
@@ -51,9 +52,11 @@ class SyncSessionScope(ScopeBase[Session]):
         *,
         commit: bool,
         independent: bool = False,
+        options: SessionOptions = NO_OPTIONS,
     ) -> None:
         super().__init__(scopes, commit=commit, independent=independent)
         self._make_session = make_session
+        self._options = options
 
     def __enter__(self) -> Session:
         active = self._active()
@@ -61,24 +64,27 @@ class SyncSessionScope(ScopeBase[Session]):
         # The owner is the thread, or the task when this runs on an event loop's thread.
         task = asyncio.current_task() if asyncio._get_running_loop() is not None else None
         owner: object = task or threading.current_thread()
+        options = self._options  # the options of the transaction it will be in
         outer = None
+        outer_options = NO_OPTIONS
         if active is not None and active.owner is owner and isinstance(active.session, Session):
-            outer = active.session
+            outer, outer_options = active.session, active.options
         pinned = scopes.test_transaction
         connection = pinned.sync_connection if pinned is not None else None
         where = place(
             "sync",
             scopes.settings.dialect,
-            outer=None if outer is None else Outer(NO_OPTIONS, outer),
+            outer=None if outer is None else Outer(outer_options, outer),
             test_transaction=None if pinned is None else connection is not None,
             independent=self._independent,
-            options=NO_OPTIONS,
+            options=options,
         )
         if where is Place.JOIN:
             assert outer is not None
             outer.flush()  # the inner block must see what the outer one has done so far
             session = self._make_session(bind=outer.connection(), **NESTED_SESSION)
             self._outer = outer
+            options = outer_options
         elif where is Place.TEST_ROOT:
             # Threads take turns on the test's one connection, as tasks do on the async one.
             assert pinned is not None
@@ -89,7 +95,14 @@ class SyncSessionScope(ScopeBase[Session]):
             session = self._make_session(bind=connection, **TEST_ROOT_SESSION)
         else:
             session = self._make_session()
-        self._opened(session, owner, NO_OPTIONS, None)
+        self._opened(session, owner, options, None)
+        # Inside a test transaction the options cannot apply (it has begun long ago).
+        if self._options and self._outer is None and self._turn is None:
+            try:
+                self._options.apply_sync(session)
+            except BaseException as error:
+                self.__exit__(type(error), error, error.__traceback__)
+                raise
         return session
 
     def __exit__(

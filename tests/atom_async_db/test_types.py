@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 import atom_async_db
 from atom_async_db import (
+    AsyncSessionFactory,
     ConfigurationError,
     Database,
     ItemOutcome,
@@ -22,7 +23,7 @@ from atom_async_db import (
     stream_each,
     transaction_dependency,
 )
-from sync_compat import get_db, get_db_session
+from sync_compat import get_db, get_db_for, get_db_session
 
 
 async def double(session: AsyncSession, item: int) -> str:
@@ -45,6 +46,14 @@ async def test_entry_points_have_the_types_users_rely_on(db: Database) -> None:
         assert_type(outcome, ItemOutcome[int, str])
         assert outcome.result == "6"
     assert_type(get_db(), Iterator[Session])
+    assert_type(get_db_for(db), Callable[[], Iterator[Session]])
+    assert_type(get_db_session(commit=False, database=db, read_only=False),
+                AbstractContextManager[Session])  # fmt: skip
+    assert_type(get_async_db_session(commit=False), AbstractAsyncContextManager[AsyncSession])
+    factory = AsyncSessionFactory(db, autoflush=False)
+    assert_type(factory.begin(), AbstractAsyncContextManager[AsyncSession])
+    async with factory() as session:
+        assert_type(session, AsyncSession)
 
 
 def test_an_unknown_session_option_is_named() -> None:
