@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -181,6 +181,28 @@ class Database:
         """
         async with SessionScope(self._scopes, commit=True) as session:
             yield session
+
+    def transaction_dependency(
+        self, **options: Unpack[SessionOptionArgs]
+    ) -> Callable[[], AsyncIterator[AsyncSession]]:
+        """:meth:`get_async_db_transaction` with options for its transaction.
+
+        Same as :func:`atom_async_db.transaction_dependency`, on this database; declare
+        it with ``Depends(..., scope="function")``.
+
+        Raises:
+            ConfigurationError: an option is invalid, or not available on SQLite (when it
+                is called: the options are checked once).
+            What :meth:`get_async_db_transaction` raises, per request.
+        """
+        checked = SessionOptions.of(self.settings.dialect, options)
+        scopes = self._scopes
+
+        async def transaction_with_options() -> AsyncIterator[AsyncSession]:
+            async with SessionScope(scopes, commit=True, options=checked) as session:
+                yield session
+
+        return transaction_with_options
 
     @property
     def disposed(self) -> bool:

@@ -4,12 +4,17 @@ themselves; nothing else is retried."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Awaitable, Callable
 
+import anyio
 import pytest
 from sqlalchemy import exc, text
+from sqlalchemy.util.concurrency import await_
 
 from atom_async_db import Database, retry_on_conflict
+from sync_compat import get_db_session, run_legacy
 from tests.helpers import assert_no_leaks, hold_a_session
 
 POSTGRES = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
@@ -129,3 +134,71 @@ async def test_sqlite_busy_lock_is_retried(
     await holder.end()
     assert attempts >= 2  # the first attempt met the lock
     await assert_no_leaks(db)
+
+
+# --------------------------------------------------------------------------- sync functions
+
+
+def read_then_write(barrier: Callable[[], object], attempts: list[int]) -> None:
+    """One increment in a SERIALIZABLE legacy session; the first attempt of each caller
+    waits at ``barrier`` after its read, so that two callers conflict for certain."""
+    attempts.append(1)
+    with get_db_session(isolation_level="SERIALIZABLE") as session:
+        value = session.scalar(text("select value from retry_counters where id = 1"))
+        if len(attempts) <= 2:
+            barrier()
+        session.execute(text("update retry_counters set value = :v where id = 1"), {"v": value + 1})
+
+
+@POSTGRES
+async def test_sync_functions_in_threads_are_retried(db: Database) -> None:
+    await make_counters(db)
+    attempts: list[int] = []
+    barrier = threading.Barrier(2, timeout=30)
+    increment = retry_on_conflict(attempts=5)(read_then_write)
+    async with anyio.create_task_group() as group:
+        for _ in range(2):
+            group.start_soon(anyio.to_thread.run_sync, increment, barrier.wait, attempts)
+    async with db.get_async_db_session() as session:
+        assert await session.scalar(text("select value from retry_counters where id = 1")) == 2
+    assert len(attempts) == 3  # one of the two met the other's update, and ran again
+    await assert_no_leaks(db)
+
+
+@POSTGRES
+async def test_sync_functions_under_run_legacy_wait_on_the_loop(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await make_counters(db)
+    attempts: list[int] = []
+    barrier = asyncio.Barrier(2)
+    increment = retry_on_conflict(attempts=5)(read_then_write)
+
+    def no_blocking_sleep(seconds: float) -> None:
+        raise AssertionError("time.sleep() on the event loop's thread")
+
+    monkeypatch.setattr(time, "sleep", no_blocking_sleep)
+    async with asyncio.timeout(30):
+        await asyncio.gather(
+            *(run_legacy(increment, lambda: await_(barrier.wait()), attempts) for _ in range(2))
+        )
+    async with db.get_async_db_session() as session:
+        assert await session.scalar(text("select value from retry_counters where id = 1")) == 2
+    assert len(attempts) == 3
+    await assert_no_leaks(db)
+
+
+async def test_sync_functions_are_not_retried_on_other_errors(db: Database) -> None:
+    await make_counters(db)
+    calls = 0
+
+    @retry_on_conflict(attempts=5)
+    def duplicate() -> None:
+        nonlocal calls
+        calls += 1
+        with get_db_session() as session:
+            session.execute(text("insert into retry_counters values (1, 0)"))
+
+    with pytest.raises(exc.IntegrityError):
+        await run_legacy(duplicate)
+    assert calls == 1

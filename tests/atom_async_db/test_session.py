@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, PendingRollbackError
 
 from atom_async_db import Database, UncommittedChangesWarning, get_async_db, get_async_db_session
 from tests.models import User
@@ -56,6 +56,28 @@ async def test_work_committed_explicitly_survives_a_later_error(db: Database) ->
             raise RuntimeError("after the commit")
     assert await count_users(email="kept@example.com") == 1
     assert await count_users(email="lost@example.com") == 0
+
+
+async def test_commit_false_leaves_committing_to_the_caller(db: Database) -> None:
+    # A fixture written for `async with AsyncSessionLocal() as s:` that expects an
+    # IntegrityError and then returns normally: under the default (commit on a clean exit)
+    # the block's final COMMIT meets the failed transaction; with commit=False it does not.
+    async with get_async_db_session(commit=False) as session:
+        session.add(User(email="kept@example.com"))
+        await session.commit()
+        session.add(User(email="kept@example.com"))
+        with pytest.raises(IntegrityError):
+            await session.commit()
+    with pytest.warns(UncommittedChangesWarning):
+        async with get_async_db_session(commit=False) as session:
+            session.add(User(email="dropped@example.com"))
+    assert await count_users(email="kept@example.com") == 1
+    assert await count_users() == 1
+    with pytest.raises(PendingRollbackError):  # what commit=False spares that fixture
+        async with get_async_db_session() as session:
+            session.add(User(email="kept@example.com"))
+            with pytest.raises(IntegrityError):
+                await session.flush()
 
 
 async def test_objects_stay_readable_after_the_block(db: Database) -> None:
