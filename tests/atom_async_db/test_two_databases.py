@@ -1,7 +1,6 @@
 """A second database everywhere: an application with a primary and a reporting database
 reaches the reporting one through every entry point, and nesting stays per database."""
 
-
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
