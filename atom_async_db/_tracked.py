@@ -1,7 +1,8 @@
-"""The session classes and their flush bookkeeping: ``TrackedSession`` (the sync session
-under every session the library makes), ``SingleTaskAsyncSession`` (the ``AsyncSession``
-it hands out), what their flushes record, and how a nested block's work is handed to the
-outer session.
+"""The session classes, composed with the application's own, and their flush bookkeeping:
+``TrackedSession`` (the sync session under every session the library makes),
+``SingleTaskAsyncSession`` (the ``AsyncSession`` it hands out), the same composed with an
+application's classes (``single_task_class``, ``backing_class``: SQLModel's), what their
+flushes record, and how a nested block's work is handed to the outer session.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import pytest
 
 PUBLIC_MODULES = (
     "atom_async_db",
+    "atom_async_db.alembic",
     "atom_async_db.exceptions",
     "atom_async_db.fastapi",
     "atom_async_db.testing",
