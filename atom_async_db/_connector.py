@@ -1,6 +1,6 @@
 """The guarded connector: how each async engine opens a driver connection, guarded, with
-network failures reported as :class:`~atom_async_db.DatabaseUnavailableError`, and the
-engine rule that keeps the connections its guards know to be at rest.
+network failures reported as :class:`~atom_async_db.DatabaseUnavailableError` (by the sync
+engine too), and the engine rule that keeps the connections its guards know to be at rest.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, ExceptionContext
+from sqlalchemy.engine import URL, Engine, ExceptionContext
 
 from ._cancel import SETTLE_TIMEOUT, ConnectionGuard, guard_of
 from ._classify import (
@@ -23,7 +23,12 @@ from ._classify import (
 from ._proxies import guard_connection
 from .exceptions import DatabaseUnavailableError
 
-__all__ = ["guarded_connector", "install_cancellation_rules"]
+__all__ = [
+    "guarded_connector",
+    "install_cancellation_rules",
+    "install_sync_connect_rule",
+    "server_of",
+]
 
 
 def guarded_connector(
@@ -79,10 +84,46 @@ async def _connect(connect: Callable[..., Any], args: Any, kwargs: Any, server: 
         reason = (
             "no answer within the connect timeout" if isinstance(error, TimeoutError) else error
         )
-        raise DatabaseUnavailableError(
-            f"cannot connect to the database server at {server} ({reason}); check that it is "
-            "running and reachable, and the host and port of the database URL"
-        ) from error
+        raise unavailable(server, reason) from error
+
+
+def server_of(url: URL) -> str:
+    """``host:port`` of a PostgreSQL URL, as errors name the server (IPv6 in brackets)."""
+    host = url.host or "localhost"
+    port = url.port or 5432
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def unavailable(server: str, reason: object) -> DatabaseUnavailableError:
+    """The error for a server that could not be reached, async or sync."""
+    first_line = str(reason).strip().splitlines()[0] if str(reason).strip() else repr(reason)
+    return DatabaseUnavailableError(
+        f"cannot connect to the database server at {server} ({first_line}); check that it "
+        "is running and reachable, and the host and port of the database URL"
+    )
+
+
+# What libpq's message says when the server itself answered (and refused): not "down".
+_SERVER_ANSWERED = ("FATAL:", "ERROR:", "PANIC:")
+_SERVER_NOT_READY = ("starting up", "shutting down", "in recovery mode")
+
+
+def install_sync_connect_rule(engine: Engine, server: str) -> None:
+    """Make the sync engine report a server it cannot reach as the async engines do, with
+    :class:`DatabaseUnavailableError` (psycopg raises ``OperationalError`` for every failed
+    connection: one the server refused, such as an unknown database, stays that).
+    """
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except dialect.loaded_dbapi.OperationalError as error:
+            message = str(error)
+            answered = any(marker in message for marker in _SERVER_ANSWERED)
+            if answered and not any(state in message for state in _SERVER_NOT_READY):
+                raise
+            raise unavailable(server, message.removeprefix("connection failed: ")) from error
 
 
 def install_cancellation_rules(engine: Engine) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import math
 import sqlite3
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import Pool
 
 from ._classify import install_commit_outcome_rule
-from ._connector import guarded_connector, install_cancellation_rules
+from ._connector import (
+    guarded_connector,
+    install_cancellation_rules,
+    install_sync_connect_rule,
+    server_of,
+)
 from ._ping import install_checkout_ping
 from ._pool import FairAsyncPool, FairPool
 from ._settings import ASYNCPG_SECONDS, Settings
@@ -93,10 +99,7 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
             # but pointless.
             options.update(pool_size=1, max_overflow=0, pool_recycle=-1, pool_pre_ping=False)
     if "async_creator" not in settings.engine_options:
-        server = None
-        if settings.dialect == "postgresql":
-            host = url.host or "localhost"
-            server = f"[{host}]:{url.port or 5432}" if ":" in host else f"{host}:{url.port or 5432}"
+        server = server_of(url) if settings.dialect == "postgresql" else None
         connect_args["async_creator_fn"] = guarded_connector(
             connect, settings.cancel_grace, server=server
         )
@@ -134,6 +137,8 @@ def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None =
                 "package, which is not installed: pip install 'atom_async_db[postgres]'"
             )
         connect_args: dict[str, Any] = {"application_name": settings.application_name}
+        if "connect_timeout" not in url.query:  # as the async engine's (libpq: whole s, >= 2)
+            connect_args["connect_timeout"] = max(2, math.ceil(settings.connect_timeout))
     else:
         # The pool is shared by threads; each connection is used by one thread at a time.
         connect_args = {"check_same_thread": False}
@@ -156,6 +161,7 @@ def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None =
         apply_sqlite_rules(engine, settings, sync=True)
     else:  # (SQLite runs in the process: it has no COMMIT in flight to lose)
         install_commit_outcome_rule(engine)
+        install_sync_connect_rule(engine, server_of(url))
     return engine
 
 

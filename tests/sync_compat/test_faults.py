@@ -6,10 +6,15 @@ import asyncio
 import threading
 
 import pytest
-from sqlalchemy import event, exc, text
+from sqlalchemy import event, exc, make_url, text
 
 import atom_async_db
-from atom_async_db import CommitOutcomeUnknownError, Database, is_conflict
+from atom_async_db import (
+    CommitOutcomeUnknownError,
+    Database,
+    DatabaseUnavailableError,
+    is_conflict,
+)
 from sync_compat import get_db_session
 from tests.atom_async_db.test_faults import terminate_our_backends
 from tests.helpers import (
@@ -65,3 +70,33 @@ async def test_a_sync_commit_the_server_refuses_is_not_unknown(db: Database) -> 
     async with db.engine.begin() as connection:
         await connection.execute(text("drop table sync_child, sync_parent"))
     await assert_no_leaks(db)
+
+
+async def test_an_unreachable_server_is_a_database_unavailable_error(postgres_url: str) -> None:
+    secret = "s3cr3t-Sentinel"
+    database = Database(make_url(postgres_url).set(port=1, password=secret), pool_timeout=2)
+
+    def connect() -> None:
+        with get_db_session(database=database) as session:
+            session.execute(text("select 1"))
+
+    with pytest.raises(DatabaseUnavailableError) as raised:
+        await asyncio.to_thread(connect)
+    message = str(raised.value)
+    assert "127.0.0.1:1" in message and "check that it is running" in message
+    assert "Connection refused" in message
+    assert secret not in message + repr(raised.value.__cause__)
+    database.dispose_sync_engine()
+
+
+async def test_a_server_that_answers_no_is_not_unavailable(postgres_url: str) -> None:
+    database = Database(make_url(postgres_url).set(database="atom_no_such_database"))
+
+    def connect() -> None:
+        with get_db_session(database=database) as session:
+            session.execute(text("select 1"))
+
+    with pytest.raises(exc.OperationalError, match="does not exist") as raised:
+        await asyncio.to_thread(connect)
+    assert not isinstance(raised.value, DatabaseUnavailableError)
+    database.dispose_sync_engine()
