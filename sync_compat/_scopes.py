@@ -71,19 +71,13 @@ def get_db_session(
     :func:`atom_async_db.get_async_db_session`.
 
     Raises:
-        ConfigurationError: an option is invalid, or not available on SQLite.
-        SessionNestingError: the block would join an outer transaction that lacks its
-            options.
         SyncSessionOnEventLoopError: a statement ran on the event loop's thread and the
             ``sync_on_event_loop`` setting is ``"error"`` (use :func:`run_legacy`).
-        SessionNestingError: ``independent=True`` on SQLite while the outer block holds a
-            write transaction.
-        DatabaseDisposedError: the database's shutdown (``dispose()``) has begun.
-        PoolTimeoutError: no connection became free within ``pool_timeout`` seconds.
-        DatabaseUnavailableError: a new connection could not be opened (the server is down or
-            unreachable).
-        CommitOutcomeUnknownError: the connection was lost while COMMIT was in flight: the
-            work may or may not be saved.
+        SessionNestingError: the block would join an outer transaction that lacks its
+            options, or is ``independent=True`` on SQLite while the outer block has written.
+        What :func:`atom_async_db.get_async_db_session` raises besides (``ConfigurationError``,
+        ``DatabaseDisposedError``, ``PoolTimeoutError``, ``DatabaseUnavailableError``,
+        ``CommitOutcomeUnknownError``), for the same reasons.
     """
     database = database or get_database()
     checked = SessionOptions.of(database.settings.dialect, options)
