@@ -5,6 +5,7 @@ legacy layer's sync engine alike).
 
 from __future__ import annotations
 
+import re
 import weakref
 
 from sqlalchemy import event
@@ -36,11 +37,24 @@ CONNECTION_LOST_NOTE = (
 )
 
 
+# libpq's words for a refused login (psycopg reports it without a SQLSTATE).
+_LOGIN_REFUSED = re.compile(
+    r'password authentication failed|no pg_hba\.conf entry|role ".*" does not exist'
+)
+
+
 def explain_connect_error(context: ExceptionContext) -> None:
-    cause = context.original_exception.__cause__
-    if context.sqlalchemy_exception is None or cause is None:
+    """Add a note to a failed connection's error when the server refused the login
+    (asyncpg's error classes, or libpq's message for psycopg).
+    """
+    original = context.original_exception
+    cause = original.__cause__
+    if context.sqlalchemy_exception is None:
         return
-    if type(cause).__name__ in {"InvalidPasswordError", "InvalidAuthorizationSpecificationError"}:
+    if type(cause).__name__ in {
+        "InvalidPasswordError",
+        "InvalidAuthorizationSpecificationError",
+    } or _LOGIN_REFUSED.search(str(original)):
         context.sqlalchemy_exception.add_note(
             "atom_async_db: the server refused the login; check the user name and password "
             "of the database URL (DATABASE_URL), and the server's pg_hba.conf"

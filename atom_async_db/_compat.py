@@ -8,7 +8,7 @@ hand-off ``run_legacy`` needs, and the default database.
 
 from ._cancel import deliver_rearmed_cancellation
 from ._default import current_default
-from ._engine import create_sync_engine_for
+from ._engine import create_sync_engine_for, lock_sqlite_at_first_statement
 from ._masking import mask_url
 from ._nesting import Outer, Place, is_graceful, place
 from ._options import NO_OPTIONS, SessionOptionArgs, SessionOptions
@@ -17,6 +17,7 @@ from ._session import (
     ScopeBase,
     Scopes,
     SessionScope,
+    refuse_a_second_sqlite_connection,
     turn_timeout,
     warn_uncommitted,
 )
@@ -24,8 +25,10 @@ from ._tracked import (
     NESTED_SESSION,
     TEST_ROOT_SESSION,
     TrackedSession,
+    backing_class,
     hand_over_to_outer,
     has_unsaved_changes,
+    merge_session_keywords,
 )
 
 __all__ = [
@@ -41,14 +44,18 @@ __all__ = [
     "SessionOptions",
     "SessionScope",
     "TrackedSession",
+    "backing_class",
     "create_sync_engine_for",
     "current_default",
     "deliver_rearmed_cancellation",
     "hand_over_to_outer",
     "has_unsaved_changes",
     "is_graceful",
+    "lock_sqlite_at_first_statement",
     "mask_url",
+    "merge_session_keywords",
     "place",
+    "refuse_a_second_sqlite_connection",
     "turn_timeout",
     "warn_uncommitted",
 ]

@@ -125,6 +125,11 @@ def install_sync_connect_rule(engine: Engine, server: str) -> None:
                 raise
             raise unavailable(server, message.removeprefix("connection failed: ")) from error
 
+    @event.listens_for(engine, "handle_error")
+    def _explain_refused_login(context: ExceptionContext) -> None:
+        if context.connection is None:
+            explain_connect_error(context)
+
 
 def install_cancellation_rules(engine: Engine) -> None:
     """Make ``engine`` (an async engine's ``sync_engine``) keep connections that a

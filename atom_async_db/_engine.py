@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool
 
 from ._classify import install_commit_outcome_rule
@@ -165,6 +166,18 @@ def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None =
     return engine
 
 
+#: Set on a sync SQLite connection by a transaction that asked for SERIALIZABLE: its first
+#: statement, a read too, takes the write lock (BEGIN IMMEDIATE), as every async one does.
+LOCK_AT_FIRST_STATEMENT = "atom_lock_at_first_statement"
+
+
+def lock_sqlite_at_first_statement(session: Session) -> None:
+    """Make the sync SQLite transaction of ``session`` serializable: its first statement
+    takes the write lock, so what it reads cannot change before it writes.
+    """
+    session.connection().info[LOCK_AT_FIRST_STATEMENT] = True
+
+
 def apply_sqlite_rules(engine: Engine, settings: Settings, *, sync: bool = False) -> None:
     """Install the SQLite profile on an engine (``sync``: the legacy layer's sync engine).
 
@@ -207,14 +220,18 @@ def apply_sqlite_rules(engine: Engine, settings: Settings, *, sync: bool = False
 
         @event.listens_for(engine, "begin")
         def _on_begin_later(connection: Connection) -> None:
-            connection.info["atom_begin_pending"] = True  # lives with the DBAPI connection
+            info = connection.info  # lives with the DBAPI connection
+            info["atom_begin_pending"] = True
+            info[LOCK_AT_FIRST_STATEMENT] = False
 
         @event.listens_for(engine, "before_cursor_execute")
         def _begin_before_first_write(
             connection: Connection, cursor: Any, statement: str, *_: Any
         ) -> None:
             info = connection.info
-            if not info.get("atom_begin_pending") or statement.lstrip()[:6].upper() == "SELECT":
+            if not info.get("atom_begin_pending") or (
+                statement.lstrip()[:6].upper() == "SELECT" and not info[LOCK_AT_FIRST_STATEMENT]
+            ):
                 return
             info["atom_begin_pending"] = False
             wanted = 0 if asyncio._get_running_loop() is not None else busy_timeout_ms

@@ -8,20 +8,18 @@ factory takes the database instead and binds each session when it is made.
 
 from __future__ import annotations
 
-import functools
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ._database import Database
 from ._default import get_database
 from ._nesting import Place, place
 from ._options import NO_OPTIONS
-from ._session import SessionScope
-from ._tracked import TEST_ROOT_SESSION
-
-if TYPE_CHECKING:
-    from ._database import Database
+from ._session import SessionScope, refuse_a_second_sqlite_connection
+from ._tracked import TEST_ROOT_SESSION, merge_session_keywords
+from .exceptions import ConfigurationError
 
 __all__ = ["AsyncSessionFactory"]
 
@@ -54,10 +52,19 @@ class AsyncSessionFactory:
     a clean exit and rolls back on an error.
 
     Raises:
-        Nothing when it is made: the database is looked up when a session is.
+        TypeError: ``database`` is not a :class:`~atom_async_db.Database` (an engine).
+        ConfigurationError: ``class_`` is given (the class is the database's
+            ``async_session_class`` setting).
     """
 
     def __init__(self, database: Database | None = None, **kw: Any) -> None:
+        if database is not None and not isinstance(database, Database):
+            raise TypeError(
+                "AsyncSessionFactory() takes a Database (None: the default one), not "
+                f"{type(database).__name__}: engines belong to an event loop here, so the "
+                "factory finds the running loop's engine of its database at each call"
+            )
+        _refuse_class(kw)
         self.database = database
         self.kw: dict[str, Any] = kw
 
@@ -66,8 +73,10 @@ class AsyncSessionFactory:
         ``async_sessionmaker.configure``.
 
         Raises:
-            Nothing: the keywords are checked when a session is made.
+            ConfigurationError: ``class_`` is given (the class is the database's
+                ``async_session_class`` setting).
         """
+        _refuse_class(new_kw)
         self.kw.update(new_kw)
 
     def __call__(self, **local_kw: Any) -> AsyncSession:
@@ -80,9 +89,11 @@ class AsyncSessionFactory:
             TestIsolationError: a sync test's rolled-back transaction is open (the
                 ``db_session`` fixture), which async code cannot join.
             TypeError: a keyword is not one of ``AsyncSession``'s.
+            SessionNestingError: on SQLite, the task holds an open session of this
+                database: a second connection would wait for the one it holds.
         """
         scopes = self._database()._scopes
-        keywords = {**self.kw, **local_kw}
+        keywords = merge_session_keywords(self.kw, local_kw)
         pinned = scopes.test_transaction
         if pinned is not None:
             where = place(
@@ -94,11 +105,13 @@ class AsyncSessionFactory:
                 options=NO_OPTIONS,
             )
             assert where is Place.TEST_ROOT
-            return scopes.make_session(
-                **{**keywords, "bind": pinned.connection, **TEST_ROOT_SESSION}
+            keywords = merge_session_keywords(
+                keywords, {"bind": pinned.connection, **TEST_ROOT_SESSION}
             )
+            return scopes.make_session(**keywords)
         if scopes.disposed:
             raise scopes.disposed_error()
+        refuse_a_second_sqlite_connection(scopes, "AsyncSessionFactory()")
         keywords.setdefault("bind", scopes.engine())
         return scopes.make_session(**keywords)
 
@@ -110,7 +123,13 @@ class AsyncSessionFactory:
             What :func:`~atom_async_db.get_async_db_session` raises.
         """
         scopes = self._database()._scopes
-        make_session = functools.partial(scopes.make_session, **self.kw) if self.kw else None
+        if not self.kw:
+            return SessionScope(scopes, commit=True)
+        mine = dict(self.kw)
+
+        def make_session(**kw: Any) -> AsyncSession:
+            return scopes.make_session(**merge_session_keywords(mine, kw))
+
         return SessionScope(scopes, commit=True, make_session=make_session)
 
     def _database(self) -> Database:
@@ -119,3 +138,12 @@ class AsyncSessionFactory:
     def __repr__(self) -> str:
         database = "the default database" if self.database is None else repr(self.database)
         return f"AsyncSessionFactory({database}, {self.kw!r})"
+
+
+def _refuse_class(kw: dict[str, Any]) -> None:
+    if "class_" in kw:
+        raise ConfigurationError(
+            "AsyncSessionFactory takes no class_: every session of a database has its "
+            "async_session_class setting, composed with the library's; set it with "
+            "configure(async_session_class=...) or Database(..., async_session_class=...)"
+        )

@@ -47,6 +47,9 @@ class SessionOptions:
     read_only: bool = False
     statement_timeout: float | None = None
     lock_timeout: float | None = None
+    sqlite_serializable: bool = False
+    """SERIALIZABLE asked for on SQLite: every async transaction there already is; a sync
+    one takes the write lock at its first statement instead of its first write."""
 
     @classmethod
     def of(cls, dialect: Dialect, options: SessionOptionArgs) -> SessionOptions:
@@ -111,7 +114,7 @@ class SessionOptions:
                 raise ConfigurationError(
                     f"{', '.join(unsupported)}: PostgreSQL settings, not available on SQLite"
                 )
-            isolation_level = None
+            return cls(sqlite_serializable=isolation_level is not None)
         return cls(isolation_level, read_only, statement_timeout, lock_timeout)
 
     def held_by(self, transaction: SessionOptions) -> bool:

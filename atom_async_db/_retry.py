@@ -11,7 +11,7 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
@@ -78,7 +78,9 @@ class _Schedule:
 
 class _Retrying(Protocol):
     @overload
-    def __call__(self, fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]: ...
+    def __call__(
+        self, fn: Callable[_P, Coroutine[Any, Any, _T]]
+    ) -> Callable[_P, Coroutine[Any, Any, _T]]: ...
     @overload
     def __call__(self, fn: Callable[_P, _T]) -> Callable[_P, _T]: ...
 

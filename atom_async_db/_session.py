@@ -50,7 +50,12 @@ from ._tracked import (
     hand_over_to_outer,
     has_unsaved_changes,
 )
-from .exceptions import DatabaseDisposedError, PoolTimeoutError, UncommittedChangesWarning
+from .exceptions import (
+    DatabaseDisposedError,
+    PoolTimeoutError,
+    SessionNestingError,
+    UncommittedChangesWarning,
+)
 
 logger = logging.getLogger("atom_async_db")
 
@@ -152,6 +157,32 @@ class Scopes:
             f"{self.name} was disposed (its shutdown began), so it opens no new session. To "
             "start again, configure it anew: atom_async_db.configure(...) for the default "
             "database, or a new Database(...)"
+        )
+
+
+def refuse_a_second_sqlite_connection(scopes: Scopes, what: str) -> None:
+    """Refuse, at once, a session of its own that this task opens on SQLite while it holds
+    a session of the same database in a transaction: each async SQLite transaction holds
+    the write lock from its start, so the second would wait for the first until a timeout.
+
+    Raises:
+        SessionNestingError: that is the case (``what`` names the call in the message).
+    """
+    if scopes.settings.dialect != "sqlite":
+        return
+    active = scopes.active.get()
+    if active is None or active.owner is not asyncio.current_task():
+        return
+    session = active.session
+    outer = Outer(
+        active.options, session.sync_session if isinstance(session, AsyncSession) else session
+    )
+    if outer.in_transaction:
+        raise SessionNestingError(
+            f"{what} on SQLite cannot start a transaction of its own while this task's "
+            "open session holds one: SQLite runs one writer at a time, so it would wait "
+            "for that session until a timeout. Use get_async_db_session() or "
+            "get_db_session(), which join the open session, or end that session first."
         )
 
 

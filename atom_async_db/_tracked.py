@@ -34,6 +34,7 @@ __all__ = [
     "backing_class",
     "hand_over_to_outer",
     "has_unsaved_changes",
+    "merge_session_keywords",
     "single_task_class",
 ]
 
@@ -53,6 +54,16 @@ TEST_ROOT_SESSION: dict[str, Any] = {
     "join_transaction_mode": "create_savepoint",
     "info": role_info(Role.TEST_ROOT),
 }
+
+
+def merge_session_keywords(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+    """``theirs`` over ``mine``, with the two ``info`` dictionaries merged (as a
+    ``sessionmaker`` does), so that the library's own entries never drop the caller's.
+    """
+    merged = {**mine, **theirs}
+    if "info" in mine and "info" in theirs:
+        merged["info"] = {**mine["info"], **theirs["info"]}
+    return merged
 
 
 class TrackedSession(Session):

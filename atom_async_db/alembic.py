@@ -2,10 +2,17 @@
 
 Needs the ``alembic`` extra (``pip install atom_async_db[alembic]``). A whole ``env.py``::
 
+    from logging.config import fileConfig
+
+    from alembic import context
+
     from atom_async_db.alembic import run_migrations
 
     import myapp.database  # noqa: F401  (calls atom_async_db.configure(), or DATABASE_URL)
     from myapp.models import Base
+
+    if context.config.config_file_name is not None:
+        fileConfig(context.config.config_file_name)  # alembic.ini's logging
 
     run_migrations(Base.metadata)
 
@@ -50,8 +57,12 @@ def run_migrations(
     async application's start-up or test), it runs the migrations on a thread of its own
     and blocks until they are done.
 
+    On SQLite, foreign keys are not enforced while the migrations run (a batch ALTER
+    copies the table, and rows of other tables point at it), then checked.
+
     Raises:
         ImportError: Alembic is not installed (``pip install atom_async_db[alembic]``).
+        RuntimeError: on SQLite, the migrations left rows whose foreign keys point nowhere.
         Whatever a migration raises; its transaction is rolled back where the database
         supports transactional DDL (PostgreSQL, SQLite).
     """
@@ -76,20 +87,43 @@ def run_migrations(
             context.run_migrations()
         return
 
+    sqlite = database.settings.dialect == "sqlite"
+
     def migrate(connection: Connection) -> None:
-        context.configure(connection=connection, **options)
-        with context.begin_transaction():
-            context.run_migrations()
+        if sqlite:  # a batch ALTER copies the table: rows pointing at it must not stop it
+            _pragma(connection, "foreign_keys=OFF")
+        try:
+            context.configure(connection=connection, **options)
+            with context.begin_transaction():
+                context.run_migrations()
+        finally:
+            if sqlite:
+                _pragma(connection, "foreign_keys=ON")
+        if sqlite:
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            connection.rollback()
+            if broken:
+                raise RuntimeError(
+                    f"the migrations left {len(broken)} rows whose foreign keys point nowhere "
+                    f"(PRAGMA foreign_key_check; first: {tuple(broken[0])}); they are committed"
+                )
 
     async def migrate_online() -> None:
         # (This loop's engine closes when asyncio.run() shuts the loop down.)
         async with database.engine.connect() as connection:
             await connection.run_sync(migrate)
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
+    if asyncio._get_running_loop() is None:
         asyncio.run(migrate_online())
         return
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="alembic") as pool:
         pool.submit(asyncio.run, migrate_online()).result()
+
+
+def _pragma(connection: Connection, pragma: str) -> None:
+    """Run a PRAGMA outside any transaction (SQLite ignores ``foreign_keys`` inside one)."""
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA {pragma}")
+    finally:
+        cursor.close()

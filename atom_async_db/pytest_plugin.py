@@ -29,17 +29,19 @@ Options (command line, else environment):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
-from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy import MetaData, create_engine, exc, text
 from sqlalchemy.engine import make_url
 
 from . import _default
 from ._database import Database
+from ._masking import mask_url
 from .testing import rollback_transaction
 
 try:
@@ -113,7 +115,8 @@ def atom_database(
         throwaway = os.environ.get("ATOM_TEST_DATABASE_THROWAWAY", "") in {"1", "true", "yes"}
     dropper = None
     if throwaway and make_url(url).get_backend_name() in {"postgresql", "postgres"}:
-        url, dropper = _create_throwaway_database(url)
+        with _explained(url, "create a throwaway database next to"):
+            url, dropper = _create_throwaway_database(url)
     previous = _default.current_default()
     # The application's own session classes (SQLModel's) stay those of its sessions.
     classes: dict[str, Any] = (
@@ -127,8 +130,9 @@ def atom_database(
     database = _default.configure(url, **classes)
     database._reopens = True  # an app's lifespan may dispose it between tests
     try:
-        for metadata in _as_list(atom_db_metadata):
-            metadata.create_all(database.sync_engine)
+        with _explained(url, "create the tables of atom_db_metadata in"):
+            for metadata in _as_list(atom_db_metadata):
+                metadata.create_all(database.sync_engine)
         yield database
     finally:
         database._reopens = False
@@ -136,6 +140,22 @@ def atom_database(
         _default.replace_default(previous)
         if dropper is not None:
             dropper()
+
+
+@contextlib.contextmanager
+def _explained(url: str, what: str) -> Iterator[None]:
+    """Fail the test session with what could not be done and why, in one line that never
+    shows the password: pytest's own report of the driver's frames would show it (their
+    arguments hold the connection parameters).
+    """
+    try:
+        yield
+    except exc.DBAPIError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+        pytest.fail(
+            f"atom_async_db: cannot {what} the test database {mask_url(url)}: {reason}",
+            pytrace=False,
+        )
 
 
 def _drop_abandoned(connection: Any) -> None:

@@ -183,9 +183,14 @@ def _scope(
     options: SessionOptions = NO_OPTIONS,
 ) -> AbstractContextManager[Session]:
     if in_greenlet():
-        return _bridged(
-            SessionScope(database._scopes, commit=commit, independent=independent, options=options)
+        scope = SessionScope(
+            database._scopes,
+            commit=commit,
+            independent=independent,
+            options=options,
+            make_session=SessionLocal._bridged_maker(database),
         )
+        return _bridged(scope)
     make_session = functools.partial(SessionLocal, database=database)
     return SyncSessionScope(
         database._scopes, make_session, commit=commit, independent=independent, options=options

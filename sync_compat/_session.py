@@ -22,11 +22,13 @@ import os
 import sys
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from sqlalchemy.pool import NullPool
 from sqlalchemy.util.concurrency import in_greenlet
@@ -40,7 +42,15 @@ from atom_async_db import (
     SyncSessionOnEventLoopWarning,
     TestIsolationError,
 )
-from atom_async_db._compat import FairPool, TrackedSession, create_sync_engine_for, mask_url
+from atom_async_db._compat import (
+    FairPool,
+    TrackedSession,
+    backing_class,
+    create_sync_engine_for,
+    mask_url,
+    merge_session_keywords,
+    refuse_a_second_sqlite_connection,
+)
 
 __all__ = ["LegacySession", "LegacySessionFactory", "SessionLocal"]
 
@@ -130,6 +140,9 @@ class LegacySession(TrackedSession):
             SyncSessionContextError: a transaction begun under :func:`run_legacy` is used
                 outside it.
             NoEventLoopError: under :func:`run_legacy` with no running loop.
+            SessionNestingError: under :func:`run_legacy` on SQLite, the task holds an open
+                session of this database in a transaction, whose write lock this one
+                would wait for.
         """
         if self.bind is not None or kw.get("bind") is not None or self.binds:
             return super().get_bind(mapper, **kw)
@@ -157,6 +170,8 @@ class LegacySession(TrackedSession):
             _on_loop_thread(database)
         engine = self._atom_engine
         if engine is None or not self.in_transaction():
+            if where is _Where.BRIDGED:
+                refuse_a_second_sqlite_connection(database._scopes, "SessionLocal()")
             engine = self._atom_engine = _engine_for(database, where)
         elif where is _Where.BRIDGED and not engine.dialect.is_async:
             _on_loop_thread(database)  # begun in a thread, now the sync driver blocks the loop
@@ -192,6 +207,7 @@ class LegacySessionFactory(sessionmaker[LegacySession]):
         super().__init__(class_=LegacySession, expire_on_commit=False)
         self._application: type[Session] | None = None
         self._composed: dict[type[Session], type[LegacySession]] = {}
+        self._configured = False
 
     def configure(self, **new_kw: Any) -> None:
         """Change the keywords new sessions get, as ``sessionmaker.configure``; ``class_``
@@ -211,6 +227,25 @@ class LegacySessionFactory(sessionmaker[LegacySession]):
                 )
             self._application = application
         super().configure(**new_kw)
+        self._configured = True
+
+    def _bridged_maker(self, database: Database) -> Callable[..., AsyncSession] | None:
+        """How ``get_db_session()`` and ``get_db`` make their sessions under ``run_legacy``
+        (async sessions of the database, whose sync side the legacy code uses) when
+        :meth:`configure` was called: with its keywords and class, as everywhere else;
+        None when it was not (the database's own maker).
+        """
+        if not self._configured:
+            return None
+        mine = {key: value for key, value in self.kw.items() if key != "bind"}
+        if self._application is not None:
+            mine["sync_session_class"] = backing_class(self._application)
+        make_session = database._scopes.make_session
+
+        def make(**kw: Any) -> AsyncSession:
+            return make_session(**merge_session_keywords(mine, kw))
+
+        return make
 
     def _class_for(self, database: Database | None) -> type[LegacySession]:
         """The class of the sessions made for ``database`` (None: the default one)."""

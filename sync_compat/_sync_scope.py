@@ -25,6 +25,7 @@ from atom_async_db._compat import (
     hand_over_to_outer,
     has_unsaved_changes,
     is_graceful,
+    lock_sqlite_at_first_statement,
     place,
     turn_timeout,
     warn_uncommitted,
@@ -97,9 +98,13 @@ class SyncSessionScope(ScopeBase[Session]):
             session = self._make_session()
         self._opened(session, owner, options, None)
         # Inside a test transaction the options cannot apply (it has begun long ago).
-        if self._options and self._outer is None and self._turn is None:
+        mine = self._options
+        if (mine or mine.sqlite_serializable) and self._outer is None and self._turn is None:
             try:
-                self._options.apply_sync(session)
+                if mine.sqlite_serializable:
+                    lock_sqlite_at_first_statement(session)
+                else:
+                    mine.apply_sync(session)
             except BaseException as error:
                 self.__exit__(type(error), error, error.__traceback__)
                 raise

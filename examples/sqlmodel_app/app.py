@@ -20,7 +20,7 @@ from sync_compat import get_db, get_db_session, run_legacy
 atom_async_db.configure(async_session_class=AsyncSession)
 
 # AsyncDB's twin, annotated with SQLModel's AsyncSession so that type checkers see exec().
-DB = Annotated[AsyncSession, Depends(atom_async_db.get_async_db)]
+DB = Annotated[AsyncSession, Depends(atom_async_db.get_async_db, scope="function")]
 SyncDB = Annotated[Session, Depends(get_db)]
 
 

@@ -46,6 +46,7 @@ def schema(connection: Connection) -> dict[str, Any]:
 
 
 def clean(connection: Connection) -> None:
+    connection.execute(text("drop table if exists mig_notes"))
     connection.execute(text("drop table if exists mig_users"))
     connection.execute(text("drop table if exists alembic_version"))
     connection.commit()
@@ -60,6 +61,10 @@ async def test_upgrade_and_downgrade_from_a_running_loop(
     db: Database, alembic_config: Config
 ) -> None:
     # command.upgrade() runs env.py, which runs on a thread of its own: a loop runs here.
+    command.upgrade(alembic_config, "0001")
+    async with db.engine.begin() as connection:  # a row pointing at the table 0002 alters
+        await connection.execute(text("insert into mig_users (id, email) values (1, 'a@b')"))
+        await connection.execute(text("insert into mig_notes (id, user_id) values (1, 1)"))
     command.upgrade(alembic_config, "head")
     assert await async_schema(db) == {
         "columns": {"id": False, "email": False, "name": True},

@@ -7,10 +7,18 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 import atom_async_db
-from atom_async_db import AsyncSessionFactory, Database, DatabaseDisposedError
+from atom_async_db import (
+    AsyncSessionFactory,
+    ConfigurationError,
+    Database,
+    DatabaseDisposedError,
+    SessionNestingError,
+)
 from atom_async_db.testing import rollback_transaction
+from sync_compat import SessionLocal, run_legacy
 from tests.models import User
 
 # As applications write `AsyncSessionLocal = async_sessionmaker(engine)`: at import time.
@@ -82,3 +90,46 @@ async def test_another_database_and_a_disposed_one(
         await other.dispose()
     with pytest.raises(DatabaseDisposedError, match="configure it anew"):
         AsyncSessionFactory(other)()
+
+
+async def test_info_is_merged_with_the_librarys_own(db: Database) -> None:
+    factory = AsyncSessionFactory(info={"tenant": 7})
+    async with factory() as session:
+        assert session.info["tenant"] == 7
+    async with atom_async_db.get_async_db_session(), factory.begin() as nested:
+        assert nested.info["tenant"] == 7  # joined: the nesting role added, ours kept
+    async with rollback_transaction(db), factory() as session, factory.begin() as block:
+        assert session.info["tenant"] == block.info["tenant"] == 7
+
+
+def test_wrong_arguments_are_named() -> None:
+    with pytest.raises(TypeError, match=r"takes a Database .* not AsyncEngine"):
+        AsyncSessionFactory(create_async_engine("sqlite+aiosqlite://"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="async_session_class"):
+        AsyncSessionFactory(class_=AsyncSession)
+    with pytest.raises(ConfigurationError, match="async_session_class"):
+        AsyncSessionFactory().configure(class_=AsyncSession)
+
+
+@pytest.mark.parametrize("backend", ["sqlite_file", "postgres"], indirect=True)
+async def test_a_second_connection_of_the_same_task_on_sqlite_is_refused_at_once(
+    db: Database,
+) -> None:
+    def seed_style_service() -> int:
+        session = SessionLocal()
+        try:
+            return int(session.execute(text("select 1")).scalar_one())
+        finally:
+            session.close()
+
+    async with atom_async_db.get_async_db_session() as outer:
+        await outer.execute(text("select 1"))
+        if db.settings.dialect == "sqlite":  # it would wait for the task's own write lock
+            with pytest.raises(SessionNestingError, match="join the open session"):
+                AsyncSessionLocal()
+            with pytest.raises(SessionNestingError, match="SessionLocal"):
+                await run_legacy(seed_style_service)
+        else:  # a second connection, as with plain SQLAlchemy
+            async with AsyncSessionLocal() as session:
+                assert await session.scalar(text("select 1")) == 1
+            assert await run_legacy(seed_style_service) == 1

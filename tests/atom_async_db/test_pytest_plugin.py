@@ -5,6 +5,7 @@ legacy code, application-level rollbacks, test order and loop scopes, on both ba
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import make_url
 
 APP = """
 from fastapi import Depends, FastAPI
@@ -242,3 +243,18 @@ def test_c_sync_too(db_session):
     )
     result = project.runpytest_subprocess(*plugin_args, "test_lifespan.py")
     result.assert_outcomes(passed=3)
+
+
+@pytest.mark.parametrize("throwaway", [[], ["--atom-db-throwaway"]])
+def test_a_test_database_that_cannot_be_reached_is_explained_without_its_password(
+    project: pytest.Pytester, postgres_url: str, throwaway: list[str]
+) -> None:
+    secret = "s3cr3tPW-sentinel"
+    url = make_url(postgres_url).set(username="atom_no_such_role", password=secret)
+    result = project.runpytest_subprocess(
+        "--atom-db-url", url.render_as_string(hide_password=False), *throwaway
+    )
+    output = result.stdout.str() + result.stderr.str()
+    assert "atom_async_db: cannot create" in output
+    assert 'role "atom_no_such_role" does not exist' in output
+    assert secret not in output

@@ -242,3 +242,18 @@ async def test_session_local_configure_takes_a_class(db: Database) -> None:
     assert not isinstance(plain, SQLModelSession)
     assert isinstance(session, SQLModelSession)
     assert isinstance(session, sync_compat.LegacySession)
+
+
+async def test_session_local_configure_holds_wherever_legacy_code_runs(db: Database) -> None:
+    def legacy() -> tuple[bool, bool]:
+        with get_db_session() as session:
+            return session.autoflush, hasattr(session, "exec")
+
+    SessionLocal.configure(class_=SQLModelSession, autoflush=False)
+    try:
+        in_thread = await anyio.to_thread.run_sync(legacy)
+        bridged = await run_legacy(legacy)
+    finally:
+        SessionLocal.configure(class_=None, autoflush=True)
+    assert in_thread == bridged == (False, True)
+    assert await run_legacy(legacy) == (True, False)

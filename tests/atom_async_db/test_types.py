@@ -3,6 +3,7 @@ CI (``make lint``), and pytest runs it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import assert_type
@@ -54,6 +55,20 @@ async def test_entry_points_have_the_types_users_rely_on(db: Database) -> None:
     assert_type(factory.begin(), AbstractAsyncContextManager[AsyncSession])
     async with factory() as session:
         assert_type(session, AsyncSession)
+
+
+def test_retry_on_conflict_keeps_the_functions_type() -> None:
+    @atom_async_db.retry_on_conflict()
+    async def job(x: int) -> str:
+        return str(x)
+
+    @atom_async_db.retry_on_conflict()
+    def legacy_job(x: int) -> str:
+        return str(x)
+
+    # asyncio.run() and create_task() take only a Coroutine, not any Awaitable
+    assert assert_type(asyncio.run(job(2)), str) == "2"
+    assert_type(legacy_job(3), str)
 
 
 def test_an_unknown_session_option_is_named() -> None:

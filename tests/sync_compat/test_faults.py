@@ -100,3 +100,16 @@ async def test_a_server_that_answers_no_is_not_unavailable(postgres_url: str) ->
         await asyncio.to_thread(connect)
     assert not isinstance(raised.value, DatabaseUnavailableError)
     database.dispose_sync_engine()
+
+
+async def test_a_refused_login_is_explained(postgres_url: str) -> None:
+    database = Database(make_url(postgres_url).set(username="atom_no_such_role"))
+
+    def connect() -> None:
+        with get_db_session(database=database) as session:
+            session.execute(text("select 1"))
+
+    with pytest.raises(exc.OperationalError, match="atom_no_such_role") as raised:
+        await asyncio.to_thread(connect)
+    assert any("refused the login" in note for note in raised.value.__notes__)
+    database.dispose_sync_engine()

@@ -3,6 +3,8 @@ in worker threads (the sync engine) and under ``run_legacy`` (the async pool).""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -109,3 +111,36 @@ async def test_commit_false_leaves_committing_to_the_caller(db: Database, run: R
         emails = (await session.scalars(select(User.email).order_by(User.email))).all()
     assert emails == ["first@example.com", "kept@example.com"]
     await assert_no_leaks(db)
+
+
+def write_lock_is_free(path: str) -> bool:
+    """Whether another connection could take SQLite's write lock right now."""
+    probe = sqlite3.connect(path, timeout=0)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.rollback()
+        return True
+    except sqlite3.OperationalError as error:
+        if "locked" not in str(error):
+            raise
+        return False
+    finally:
+        probe.close()
+
+
+def lock_after_a_read(path: str) -> list[bool]:
+    seen = []
+    with get_db_session() as session:  # the seed's semantics: a read takes no lock
+        session.execute(text("select count(*) from atom_t_users"))
+        seen.append(write_lock_is_free(path))
+    with get_db_session(isolation_level="SERIALIZABLE") as session:
+        session.execute(text("select count(*) from atom_t_users"))
+        seen.append(write_lock_is_free(path))  # what it read cannot change before it writes
+    seen.append(write_lock_is_free(path))
+    return seen
+
+
+@pytest.mark.parametrize("backend", ["sqlite_file"], indirect=True)
+async def test_serializable_on_sqlite_locks_at_the_first_read(db: Database) -> None:
+    path = str(db.settings.url.database)
+    assert await asyncio.to_thread(lock_after_a_read, path) == [True, False, True]

@@ -1,4 +1,4 @@
-"""Users.
+"""Users, and notes that point at them.
 
 Revision ID: 0001
 Revises:
@@ -19,7 +19,13 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("email", sa.String(200), nullable=True),
     )
+    op.create_table(
+        "mig_notes",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("user_id", sa.Integer, sa.ForeignKey("mig_users.id"), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("mig_notes")
     op.drop_table("mig_users")
