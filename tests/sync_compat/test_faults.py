@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 from sqlalchemy import event, exc, make_url, text
@@ -72,44 +73,38 @@ async def test_a_sync_commit_the_server_refuses_is_not_unknown(db: Database) -> 
     await assert_no_leaks(db)
 
 
-async def test_an_unreachable_server_is_a_database_unavailable_error(postgres_url: str) -> None:
-    secret = "s3cr3t-Sentinel"
-    database = Database(make_url(postgres_url).set(port=1, password=secret), pool_timeout=2)
+async def connect_in_a_thread(postgres_url: str, **url_changes: Any) -> None:
+    """Run a statement in a legacy session in a worker thread (the sync engine connects),
+    on the suite's server with ``url_changes``."""
+    database = Database(make_url(postgres_url).set(**url_changes), pool_timeout=2)
 
     def connect() -> None:
         with get_db_session(database=database) as session:
             session.execute(text("select 1"))
 
-    with pytest.raises(DatabaseUnavailableError) as raised:
+    try:
         await asyncio.to_thread(connect)
+    finally:
+        database.dispose_sync_engine()
+
+
+async def test_an_unreachable_server_is_a_database_unavailable_error(postgres_url: str) -> None:
+    secret = "s3cr3t-Sentinel"
+    with pytest.raises(DatabaseUnavailableError) as raised:
+        await connect_in_a_thread(postgres_url, port=1, password=secret)
     message = str(raised.value)
     assert "127.0.0.1:1" in message and "check that it is running" in message
     assert "Connection refused" in message
     assert secret not in message + repr(raised.value.__cause__)
-    database.dispose_sync_engine()
 
 
 async def test_a_server_that_answers_no_is_not_unavailable(postgres_url: str) -> None:
-    database = Database(make_url(postgres_url).set(database="atom_no_such_database"))
-
-    def connect() -> None:
-        with get_db_session(database=database) as session:
-            session.execute(text("select 1"))
-
     with pytest.raises(exc.OperationalError, match="does not exist") as raised:
-        await asyncio.to_thread(connect)
+        await connect_in_a_thread(postgres_url, database="atom_no_such_database")
     assert not isinstance(raised.value, DatabaseUnavailableError)
-    database.dispose_sync_engine()
 
 
 async def test_a_refused_login_is_explained(postgres_url: str) -> None:
-    database = Database(make_url(postgres_url).set(username="atom_no_such_role"))
-
-    def connect() -> None:
-        with get_db_session(database=database) as session:
-            session.execute(text("select 1"))
-
     with pytest.raises(exc.OperationalError, match="atom_no_such_role") as raised:
-        await asyncio.to_thread(connect)
+        await connect_in_a_thread(postgres_url, username="atom_no_such_role")
     assert any("refused the login" in note for note in raised.value.__notes__)
-    database.dispose_sync_engine()
