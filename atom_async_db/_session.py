@@ -119,6 +119,7 @@ class Scopes:
         "active",
         "disposed",
         "engines",
+        "guarded",
         "make_session",
         "name",
         "open",
@@ -144,6 +145,9 @@ class Scopes:
         # Set while a test runs inside a rolled-back transaction (atom_async_db.testing).
         self.test_transaction: TestTransaction | None = None
         self.disposed = False  # set when dispose() begins: no new sessions
+        # Whether the connections have the cancellation guard (an async_creator of the
+        # application's own replaces the guarded connector, see _engine).
+        self.guarded = "async_creator" not in settings.engine_options
 
     def engine(self) -> AsyncEngine:
         """The running loop's engine; none is made once the database was disposed."""
@@ -370,6 +374,15 @@ class SessionScope(ScopeBase[AsyncSession]):
             session.sync_session.close()
             return
         limit = self._scopes.settings.cleanup_timeout
+        if graceful and self._scopes.guarded:
+            task = asyncio.current_task()
+            user = getattr(session, "_atom_user", None)
+            if task is not None and not task.cancelling() and (user is None or user.done()):
+                # The guard lets the ROLLBACK finish whatever cancellation comes meanwhile
+                # (it never stops one, see _cancel), and nothing else here awaits: the
+                # cleanup needs no task of its own to shield it.
+                await _release(session, graceful, limit)
+                return
         await run_to_completion(_release(session, graceful, limit), deadline=2 * limit + 1)
 
 
@@ -405,9 +418,7 @@ async def _release(session: AsyncSession, graceful: bool, limit: float) -> None:
     if graceful:
         try:
             async with asyncio.timeout(limit):
-                if session.in_transaction():
-                    await session.rollback()
-                await session.close()
+                await session.close()  # rolls back what is open: one trip into SQLAlchemy
             return
         except Exception as error:
             logger.warning("rolling back a session failed (%r); invalidating its connection", error)

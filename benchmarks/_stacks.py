@@ -38,7 +38,9 @@ from sync_compat import get_db_session, run_legacy
 ROWS = 10_000
 EXTERNAL_IO = 0.020  # the "long transaction" workload's simulated external call
 THREAD_CAP = 200  # threads stack: one thread per client, at most this many
-WORKLOADS = ("read", "read_core", "write", "long_in", "long_out")
+# "request": a point read in a session that never commits and ends with a rollback, as a
+# route's (get_async_db, AsyncDB; the peer's `async with SessionLocal() as session`).
+WORKLOADS = ("read", "read_core", "write", "long_in", "long_out", "request")
 
 
 class Base(DeclarativeBase):
@@ -197,7 +199,8 @@ class Ours(Stack):
     async def op(self, workload: str, key: int) -> float:
         if workload == "long_out":
             await asyncio.sleep(EXTERNAL_IO)
-        async with self.database.get_async_db_session() as session:
+        commit = workload != "request"
+        async with self.database.get_async_db_session(commit=commit) as session:
             return await _orm_op(session, workload, key)
 
 
@@ -268,6 +271,9 @@ class Peer(Stack):
     async def op(self, workload: str, key: int) -> float:
         if workload == "long_out":
             await asyncio.sleep(EXTERNAL_IO)
+        if workload == "request":
+            async with self.sessions() as session:
+                return await _orm_op(session, workload, key)
         async with self.sessions.begin() as session:
             return await _orm_op(session, workload, key)
 
