@@ -418,6 +418,11 @@ async def _release(session: AsyncSession, graceful: bool, limit: float) -> None:
     if graceful:
         try:
             async with asyncio.timeout(limit):
+                transaction = session.sync_session.get_transaction()
+                if transaction is not None and not transaction.is_active:
+                    # A failed COMMIT or flush: closing alone would leave the driver's
+                    # transaction open on the connection.
+                    await session.rollback()
                 await session.close()  # rolls back what is open: one trip into SQLAlchemy
             return
         except Exception as error:
