@@ -424,3 +424,48 @@ async def test_asyncpgs_own_error_handling_still_runs_under_the_guard(db: Databa
             await other.execute(text("alter table guard_recache add column b int default 0"))
         rows = await raw.fetch("select * from guard_recache")
         assert [tuple(row) for row in rows] == [(1, 0)]
+
+
+@pytest.mark.parametrize("mechanism", ["task.cancel", "anyio"])
+async def test_a_cancel_during_a_request_sessions_rollback_keeps_the_connection(
+    db: Database, mechanism: str
+) -> None:
+    # A route's session (commit=False) ends with a ROLLBACK, run inline, without a cleanup
+    # task: a cancellation that arrives during it must still let it finish, return the
+    # connection healthy, and then land.
+    engine = db.engine.sync_engine
+    opened: list[object] = []
+    event.listen(engine, "connect", lambda *_: opened.append(1))
+    async with db.get_async_db_session(commit=False) as warm:  # one connection, open now
+        await warm.execute(text("select 1"))
+    opened.clear()
+    cancel: list[Any] = []
+
+    def on_rollback(connection: Any) -> None:
+        if cancel:
+            cancel.pop()()  # the task is cancelled as the ROLLBACK is sent
+
+    event.listen(engine, "rollback", on_rollback)
+    try:
+
+        async def request() -> None:
+            async with db.get_async_db_session(commit=False) as session:
+                await session.execute(text("select 1"))
+
+        if mechanism == "task.cancel":
+            task = asyncio.create_task(request())
+            cancel.append(task.cancel)
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:
+            async with anyio.create_task_group() as group:
+                cancel.append(group.cancel_scope.cancel)
+                group.start_soon(request)
+            assert group.cancel_scope.cancelled_caught or group.cancel_scope.cancel_called
+        assert cancel == []  # the cancel really came during the ROLLBACK
+    finally:
+        event.remove(engine, "rollback", on_rollback)
+    async with db.get_async_db_session() as session:
+        assert await session.scalar(text("select 1")) == 1
+    assert opened == []  # the connection was kept, not discarded and reopened
+    await assert_no_leaks(db)
