@@ -29,6 +29,7 @@ from ._tracked import (
     hand_over_to_outer,
     has_unsaved_changes,
     merge_session_keywords,
+    with_keywords,
 )
 
 __all__ = [
@@ -58,4 +59,5 @@ __all__ = [
     "refuse_a_second_sqlite_connection",
     "turn_timeout",
     "warn_uncommitted",
+    "with_keywords",
 ]

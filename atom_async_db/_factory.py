@@ -18,7 +18,7 @@ from ._default import get_database
 from ._nesting import Place, place
 from ._options import NO_OPTIONS
 from ._session import SessionScope, refuse_a_second_sqlite_connection
-from ._tracked import TEST_ROOT_SESSION, merge_session_keywords
+from ._tracked import TEST_ROOT_SESSION, merge_session_keywords, with_keywords
 from .exceptions import ConfigurationError
 
 __all__ = ["AsyncSessionFactory"]
@@ -123,13 +123,7 @@ class AsyncSessionFactory:
             What :func:`~atom_async_db.get_async_db_session` raises.
         """
         scopes = self._database()._scopes
-        if not self.kw:
-            return SessionScope(scopes, commit=True)
-        mine = dict(self.kw)
-
-        def make_session(**kw: Any) -> AsyncSession:
-            return scopes.make_session(**merge_session_keywords(mine, kw))
-
+        make_session = with_keywords(scopes.make_session, self.kw) if self.kw else None
         return SessionScope(scopes, commit=True, make_session=make_session)
 
     def _database(self) -> Database:

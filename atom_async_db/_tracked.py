@@ -36,6 +36,7 @@ __all__ = [
     "has_unsaved_changes",
     "merge_session_keywords",
     "single_task_class",
+    "with_keywords",
 ]
 
 COMMITTED_BEFORE_CANCEL_NOTE = (
@@ -64,6 +65,18 @@ def merge_session_keywords(mine: dict[str, Any], theirs: dict[str, Any]) -> dict
     if "info" in mine and "info" in theirs:
         merged["info"] = {**mine["info"], **theirs["info"]}
     return merged
+
+
+def with_keywords(
+    make_session: Callable[..., AsyncSession], keywords: dict[str, Any]
+) -> Callable[..., AsyncSession]:
+    """``make_session`` with ``keywords`` under those each call passes (``info`` merged)."""
+    mine = dict(keywords)
+
+    def make(**kw: Any) -> AsyncSession:
+        return make_session(**merge_session_keywords(mine, kw))
+
+    return make
 
 
 class TrackedSession(Session):

@@ -73,9 +73,14 @@ class Cell:
 # --------------------------------------------------------------------------- load generators
 
 
+def _ids(workload: str) -> tuple[int, int]:
+    """The ids a workload asks for: rows that exist, or none that do (``notfound``)."""
+    return (ROWS + 1, 2 * ROWS) if workload == "notfound" else (1, ROWS)
+
+
 def run_wrk(port: int, workload: str, seconds: float) -> Load:
     method, connections, expected = WORKLOADS[workload]
-    low, high = (ROWS + 1, 2 * ROWS) if workload == "notfound" else (1, ROWS)
+    low, high = _ids(workload)
     path = f"'/items/' .. math.random({low}, {high})"
     script = f'wrk.method = "{method}"\nrequest = function() return wrk.format(nil, {path}) end\n'
 
@@ -89,10 +94,11 @@ def run_wrk(port: int, workload: str, seconds: float) -> Load:
         ).stdout  # fmt: skip
     finally:
         os.unlink(lua.name)
-    requests = int(re.search(r"(\d+) requests in ([\d.]+)(\w+)", output).group(1))  # type: ignore[union-attr]
-    elapsed = float(re.search(r"requests in ([\d.]+)(ms|s|m)", output).group(1))  # type: ignore[union-attr]
-    unit = re.search(r"requests in [\d.]+(ms|s|m)", output).group(1)  # type: ignore[union-attr]
-    elapsed *= {"ms": 0.001, "s": 1, "m": 60}[unit]
+    summary = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)\b", output)
+    if summary is None:
+        raise RuntimeError(f"no request count in wrk's output:\n{output[-2000:]}")
+    requests = int(summary.group(1))
+    elapsed = float(summary.group(2)) * {"ms": 0.001, "s": 1, "m": 60}[summary.group(3)]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     unexpected = int(non2xx.group(1)) if non2xx else 0
     if expected == 404:  # every answer should be a 404: the others are the unexpected ones
@@ -120,7 +126,7 @@ def _wrk_ms(output: str, percentile: str) -> float:
 async def run_python_client(port: int, workload: str, seconds: float) -> Load:
     """A keep-alive HTTP/1.1 client per connection, as many as the workload has."""
     method, connections, expected = WORKLOADS[workload]
-    low, high = (ROWS + 1, 2 * ROWS) if workload == "notfound" else (1, ROWS)
+    low, high = _ids(workload)
     latencies: list[float] = []
     unexpected = errors = 0
     deadline = time.perf_counter() + seconds

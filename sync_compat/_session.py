@@ -50,6 +50,7 @@ from atom_async_db._compat import (
     mask_url,
     merge_session_keywords,
     refuse_a_second_sqlite_connection,
+    with_keywords,
 )
 
 __all__ = ["LegacySession", "LegacySessionFactory", "SessionLocal"]
@@ -240,12 +241,7 @@ class LegacySessionFactory(sessionmaker[LegacySession]):
         mine = {key: value for key, value in self.kw.items() if key != "bind"}
         if self._application is not None:
             mine["sync_session_class"] = backing_class(self._application)
-        make_session = database._scopes.make_session
-
-        def make(**kw: Any) -> AsyncSession:
-            return make_session(**merge_session_keywords(mine, kw))
-
-        return make
+        return with_keywords(database._scopes.make_session, mine)
 
     def _class_for(self, database: Database | None) -> type[LegacySession]:
         """The class of the sessions made for ``database`` (None: the default one)."""
@@ -267,12 +263,8 @@ class LegacySessionFactory(sessionmaker[LegacySession]):
         Raises:
             What :func:`atom_async_db.get_database` raises, when it names no database.
         """
-        for key, value in self.kw.items():
-            if key == "info" and "info" in local_kw:
-                local_kw["info"] = {**value, **local_kw["info"]}
-            else:
-                local_kw.setdefault(key, value)
-        return self._class_for(local_kw.get("database"))(**local_kw)
+        keywords = merge_session_keywords(self.kw, local_kw)
+        return self._class_for(keywords.get("database"))(**keywords)
 
 
 #: The legacy session factory (``expire_on_commit=False``, as in the seed).
