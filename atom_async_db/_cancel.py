@@ -31,7 +31,7 @@ checked by name in ``tests/atom_async_db/test_third_party_internals.py``, which 
 breaks without it; pyproject.toml caps each driver at the versions verified:
 
 - aiosqlite_conn_is_the_sqlite3_connection, aiosqlite_cursor_wraps_a_sqlite3_cursor,
-  aiosqlite_thread_is_reachable;
+  aiosqlite_thread_is_reachable, sqlalchemy_begins_a_transaction_with_dialect_do_begin;
 - asyncpg_driver_object_types_exist;
 - sqlalchemy_asyncpg_adapter_starts_transactions,
   sqlalchemy_asyncpg_dialect_sets_readonly_and_deferrable,
@@ -49,11 +49,14 @@ import functools
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._classify import is_connection_loss
+
+if TYPE_CHECKING:
+    from ._sqlite_here import LoopBudget
 
 __all__ = [
     "COMMIT_ABANDONED_NOTE",
@@ -86,9 +89,9 @@ class ConnectionGuard:
 
     __slots__ = (
         "commit_outcome_unknown",
-        "cursors_here",
         "driver_types",
         "grace",
+        "here",
         "interrupt",
         "tainted",
         "wrap",
@@ -99,16 +102,15 @@ class ConnectionGuard:
         grace: float,
         interrupt: Callable[[], Awaitable[Any]] | None,
         *,
-        cursors_here: bool = False,
+        here: LoopBudget | None = None,
     ) -> None:
         self.grace = grace
         self.interrupt = interrupt  # stops a running statement (aiosqlite; asyncpg: cancel)
         self.tainted = False
         self.commit_outcome_unknown = False
-        # aiosqlite with check_same_thread=False: what does no I/O (making and closing
-        # cursors, a rollback with no transaction open) runs on the loop's thread, not by
-        # a trip to the connection's thread (see _here_calls).
-        self.cursors_here = cursors_here
+        # aiosqlite with check_same_thread=False: what takes microseconds runs on the
+        # loop's thread, not by a trip to the connection's thread (see _sqlite_here).
+        self.here = here
         # What a call's result is wrapped in when it is a driver object whose methods do
         # I/O (set by _proxies; none for a guard that only settles a connect).
         self.driver_types: tuple[type, ...] = ()

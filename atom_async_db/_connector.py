@@ -21,6 +21,7 @@ from ._classify import (
     is_connection_loss,
 )
 from ._proxies import guard_connection
+from ._sqlite_here import LoopBudget
 from .exceptions import DatabaseUnavailableError
 
 __all__ = [
@@ -32,10 +33,16 @@ __all__ = [
 
 
 def guarded_connector(
-    connect: Callable[..., Any], grace: float, *, server: str | None = None
+    connect: Callable[..., Any],
+    grace: float,
+    *,
+    server: str | None = None,
+    sqlite_loop_limit: float = 0.0,
+    sqlite_busy_timeout_ms: int = 0,
 ) -> Callable[..., Any]:
     """An ``async_creator_fn`` for SQLAlchemy's asyncpg and aiosqlite dialects: connects
-    with ``connect`` (the driver's own function) and guards the connection.
+    with ``connect`` (the driver's own function) and guards the connection (an aiosqlite
+    one with the loop budget of ``_sqlite_here``).
 
     A task cancelled while its connection is being opened lets the handshake finish and
     closes the connection, rather than drop a half-open socket. Network-level failures to
@@ -43,7 +50,7 @@ def guarded_connector(
     """
 
     async def connect_guarded(*args: Any, **kwargs: Any) -> Any:
-        if server is None:  # aiosqlite: see ConnectionGuard.cursors_here
+        if server is None:  # aiosqlite: see _sqlite_here
             kwargs.setdefault("check_same_thread", False)
         opening = asyncio.ensure_future(_connect(connect, args, kwargs, server))
         try:
@@ -59,8 +66,12 @@ def guarded_connector(
             raise
         # aiosqlite statements run in a thread a task cancel cannot stop; sqlite3 can.
         interrupt = getattr(connection, "interrupt", None) if server is None else None
-        here = server is None and kwargs.get("check_same_thread") is False
-        return guard_connection(connection, ConnectionGuard(grace, interrupt, cursors_here=here))
+        here = None
+        if server is None and kwargs.get("check_same_thread") is False:
+            here = LoopBudget(sqlite_loop_limit, sqlite_busy_timeout_ms)
+            if sqlite_loop_limit:  # the loop's thread never waits for a lock (see _sqlite_here)
+                connection._conn.execute("PRAGMA busy_timeout=0")
+        return guard_connection(connection, ConnectionGuard(grace, interrupt, here=here))
 
     return connect_guarded
 

@@ -102,7 +102,11 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
     if "async_creator" not in settings.engine_options:
         server = server_of(url) if settings.dialect == "postgresql" else None
         connect_args["async_creator_fn"] = guarded_connector(
-            connect, settings.cancel_grace, server=server
+            connect,
+            settings.cancel_grace,
+            server=server,
+            sqlite_loop_limit=settings.sqlite_loop_limit,
+            sqlite_busy_timeout_ms=int(settings.sqlite_busy_timeout * 1000),
         )
     options["connect_args"] = connect_args
     merged = {**settings.engine_options, **options}
@@ -211,10 +215,10 @@ def apply_sqlite_rules(engine: Engine, settings: Settings, *, sync: bool = False
             cursor.close()
 
     if not sync:
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # The dialect's own step, where SQLite's is a no-op: SQLAlchemy reports its errors as
+        # those of any statement, and it costs a driver call, where the documented "begin"
+        # event runs a whole statement execution (about a tenth of a point read's cost).
+        engine.dialect.do_begin = _begin_immediate  # type: ignore[method-assign]
 
     else:
 
@@ -250,6 +254,14 @@ def apply_sqlite_rules(engine: Engine, settings: Settings, *, sync: bool = False
             context.sqlalchemy_exception.add_note(MEMORY_CONCURRENCY_NOTE)
         if sync and asyncio._get_running_loop() is not None:
             context.sqlalchemy_exception.add_note(LOOP_THREAD_LOCK_NOTE)
+
+
+def _begin_immediate(dbapi_connection: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("BEGIN IMMEDIATE")
+    finally:
+        cursor.close()
 
 
 def open_memory_anchor(settings: Settings) -> sqlite3.Connection:

@@ -27,6 +27,7 @@ in :class:`FairPool`; only how a caller waits differs:
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import time
 from collections import deque
@@ -316,14 +317,27 @@ class FairAsyncPool(FairPool):
     _is_asyncio = True
     _dialect = _AsyncConnDialect()
 
+    # One timer for all waiters, not one each: they share a timeout, so the oldest waiter's
+    # deadline comes first, and the timer is set again only when it fires.
+    _timed: collections.deque[_TaskWaiter] | None = None
+    _timer: asyncio.TimerHandle | None = None
+
     def _new_waiter(self) -> Any:
-        return _TaskWaiter(asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        return _TaskWaiter(loop.create_future(), loop.time() + self._timeout)
 
     def _wait(self, waiter: Any) -> Any:
         return await_(self._wait_async(waiter))
 
     async def _wait_async(self, waiter: _TaskWaiter) -> Any:
-        timer = waiter.future.get_loop().call_later(self._timeout, self._expire, waiter)
+        timed = self._timed
+        if timed is None:
+            timed = self._timed = collections.deque()
+        while timed and timed[0].future.done():
+            timed.popleft()
+        timed.append(waiter)
+        if self._timer is None:
+            self._timer = waiter.future.get_loop().call_at(waiter.deadline, self._expire_due)
         try:
             return await waiter.future
         except asyncio.CancelledError:
@@ -331,21 +345,33 @@ class FairAsyncPool(FairPool):
             if future.done() and not future.cancelled():  # handed over, then cancelled
                 self._pass_on(future.result())
             raise
-        finally:
-            timer.cancel()
 
-    def _expire(self, waiter: _TaskWaiter) -> None:
-        with self._lock:
-            waiter.give(_TIMED_OUT)
+    def _expire_due(self) -> None:
+        """Time out the waiters whose deadline has come, and set the timer for the next."""
+        self._timer = None
+        timed = self._timed
+        assert timed is not None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while timed:
+            waiter = timed[0]
+            if not waiter.future.done():
+                if waiter.deadline > now:
+                    self._timer = loop.call_at(waiter.deadline, self._expire_due)
+                    return
+                with self._lock:
+                    waiter.give(_TIMED_OUT)
+            timed.popleft()
 
 
 class _TaskWaiter:
     """A task waiting for a connection; a cancelled or resolved future takes nothing."""
 
-    __slots__ = ("future",)
+    __slots__ = ("deadline", "future")
 
-    def __init__(self, future: asyncio.Future[Any]) -> None:
+    def __init__(self, future: asyncio.Future[Any], deadline: float) -> None:
         self.future = future
+        self.deadline = deadline
 
     def give(self, item: Any) -> bool:
         if self.future.done():

@@ -112,14 +112,17 @@ def _guarded_method(name: str, method: Any) -> Callable[..., Any]:
             return guard.deliver_cancellation(result, rollback)
         return guard.commit(result) if commit else guard.run(result)
 
-    here = here_calls().get(name)
-    if here is not None and isinstance(method.__self__, here[0]):
-        answer_here = here[1]
+    here = here_calls()
+    owners = type(method.__self__).__mro__
+    answer_here = next((here[cls, name] for cls in owners if (cls, name) in here), None)
+    if answer_here is not None:
 
         def call_here(guard: ConnectionGuard, method: Any, *args: Any, **kwargs: Any) -> Any:
-            if guard.cursors_here:
-                return answer_here(method.__self__, guard)
-            return call(guard, method, *args, **kwargs)
+            budget = guard.here
+            if budget is None:
+                return call(guard, method, *args, **kwargs)
+            there = functools.partial(call, guard, method)
+            return answer_here(guard, budget, method, there, *args, **kwargs)
 
         return call_here
     return call

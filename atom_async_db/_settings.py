@@ -191,6 +191,9 @@ OPTIONS: Mapping[str, _Option] = {
     # connection can be kept (see _cancel); past it, the call is cancelled on the server.
     "cancel_grace": _Option("ATOM_DB_CANCEL_GRACE", _non_negative_float, 0.5, 0.5),
     "sqlite_busy_timeout": _Option("ATOM_DB_SQLITE_BUSY_TIMEOUT", _positive_float, 30.0, 30.0),
+    # How long a SQLite read may hold the event loop's thread before it moves to the
+    # connection's thread (see _sqlite_here); 0 sends every statement there.
+    "sqlite_loop_limit": _Option("ATOM_DB_SQLITE_LOOP_LIMIT", _non_negative_float, 0.005, 0.005),
     # The legacy layer's sync engine (threads, scripts, `def` routes) has a pool of its own,
     # on PostgreSQL sized like the async pool unless set (None). On SQLite it has no limit:
     # its reads take no lock there (see _engine) and the write lock, not the pool, queues
@@ -267,6 +270,7 @@ class Settings:
     drain_timeout: float
     cancel_grace: float
     sqlite_busy_timeout: float
+    sqlite_loop_limit: float
     sync_pool_size: int
     sync_max_overflow: int
     sync_on_event_loop: Literal["warn", "error"]

@@ -145,7 +145,9 @@ async def test_exhausted_pool_names_its_size_and_the_settings(backend_url: str) 
     await database.dispose()
 
 
-async def test_one_session_used_by_two_tasks_at_once_is_explained(db: Database) -> None:
+async def test_one_session_used_by_two_tasks_at_once_is_explained(backend_url: str) -> None:
+    # (sqlite_loop_limit=0: reads on SQLite overlap as on PostgreSQL, see test_sqlite_here)
+    db = Database(backend_url, application_name=APP_NAME, sqlite_loop_limit=0)
     async with db.get_async_db_session() as session:
         results = await asyncio.gather(
             *(session.scalar(text("select 1")) for _ in range(10)), return_exceptions=True
@@ -155,6 +157,7 @@ async def test_one_session_used_by_two_tasks_at_once_is_explained(db: Database) 
             assert isinstance(refused, ConcurrentSessionUseError)
             assert "one session per task" in str(refused)
         assert await session.scalar(text("select 1")) == 1  # the session still works
+    await db.dispose()
 
 
 async def test_a_session_handed_to_another_task_after_use_is_fine(db: Database) -> None:

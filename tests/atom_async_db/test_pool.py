@@ -110,6 +110,39 @@ async def test_a_waiter_that_times_out_is_skipped(make_default: Any) -> None:
     await assert_no_leaks(database)
 
 
+async def test_each_waiter_times_out_at_its_own_deadline_and_a_served_one_never(
+    make_default: Any,
+) -> None:
+    # (one timer serves every waiter: it must move on from the first deadline to the next)
+    database = await make_default(pool_size=1, max_overflow=0, pool_timeout=0.3)
+    loop = asyncio.get_running_loop()
+    held = await database.engine.connect()
+
+    async def wait_for_a_connection() -> float:
+        started = loop.time()
+        with pytest.raises(PoolTimeoutError):
+            await database.engine.connect()
+        return loop.time() - started
+
+    first = asyncio.create_task(wait_for_a_connection())
+    await asyncio.sleep(0.1)  # (the second arrives later, so its deadline is later)
+    second = asyncio.create_task(wait_for_a_connection())
+    waits = await asyncio.gather(first, second)
+    assert min(waits) >= 0.3, waits
+
+    async def take() -> Any:
+        return await database.engine.connect()
+
+    served = asyncio.create_task(take())
+    await asyncio.sleep(0)
+    await held.close()  # handed to `served` long before its deadline
+    connection = await served
+    await asyncio.sleep(0.4)  # past that deadline: the timer must not touch it
+    assert await connection.scalar(text("select 1")) == 1
+    await connection.close()
+    await assert_no_leaks(database)
+
+
 async def test_overflow_connections_stay_open_while_needed(make_default: Any) -> None:
     database = await make_default(pool_size=2, max_overflow=3)
     size = database.engine.pool.size() + database.engine.pool._max_overflow  # type: ignore[attr-defined]
@@ -316,29 +349,3 @@ def test_a_thread_interrupted_while_waiting_passes_its_turn_on(tmp_path: Any) ->
         assert connection.exec_driver_sql("select 1").scalar() == 1
     assert engine.pool.checkedout() == 0
     database.dispose_sync_engine()
-
-
-@pytest.mark.parametrize("backend", ["sqlite_file"], indirect=True)
-async def test_sqlite_cursors_and_empty_rollbacks_make_no_trip_to_its_thread(
-    db: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SQLAlchemy makes and closes a cursor around every statement; each trip to aiosqlite's
-    thread costs a thread wake-up and two GIL hand-overs, so only I/O makes one."""
-    import aiosqlite
-
-    trips: list[str] = []
-    real = aiosqlite.Connection._execute
-
-    async def counted(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        trips.append(getattr(fn, "__name__", repr(fn)))
-        return await real(self, fn, *args, **kwargs)
-
-    async with db.get_async_db_session() as session:  # warm: connection and caches
-        await session.execute(text("select 1"))
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
-    async with db.get_async_db_session() as session:
-        assert (await session.execute(text("select 1"))).scalar() == 1
-    # BEGIN IMMEDIATE; the SELECT and its fetch; COMMIT (was 9: a cursor made and closed
-    # around each statement, and the pool's rollback, in the connection's thread)
-    assert len(trips) == 4, trips
-    await assert_no_leaks(db)

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql.asyncpg import (
     AsyncAdapt_asyncpg_connection,
     PGDialect_asyncpg,
 )
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session, SessionTransaction
 
 from atom_async_db import _cancel
@@ -39,11 +40,13 @@ async def aiosqlite_conn_is_the_sqlite3_connection(tmp_path: Path) -> None:
 
 
 async def aiosqlite_cursor_wraps_a_sqlite3_cursor(tmp_path: Path) -> None:
-    # _sqlite_here: a cursor built by hand around a sqlite3 cursor (no trip to the thread)
+    # _sqlite_here: a cursor (of a subclass) built by hand around a sqlite3 cursor, whose
+    # statements run on the loop's thread; without it every statement makes a trip
     connection = await _aiosqlite_connection(tmp_path)
     try:
         cursor = aiosqlite.Cursor(connection, connection._conn.cursor())
         assert isinstance(cursor._cursor, sqlite3.Cursor)
+        assert cursor._conn is connection
         cursor._cursor.close()
     finally:
         await connection.close()
@@ -55,6 +58,18 @@ async def aiosqlite_thread_is_reachable(tmp_path: Path) -> None:
     assert hasattr(connection, "_thread")
     await connection
     await connection.close()
+
+
+async def sqlalchemy_begins_a_transaction_with_dialect_do_begin(tmp_path: Path) -> None:
+    # _engine: SQLite's BEGIN IMMEDIATE is sent from the async dialect's do_begin; without
+    # it transactions would begin deferred, and a read then a write fail "database is locked"
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'fence.db'}")
+    begun: list[object] = []
+    engine.dialect.do_begin = begun.append  # type: ignore[method-assign]
+    async with engine.begin() as connection:
+        await connection.exec_driver_sql("select 1")
+    await engine.dispose()
+    assert len(begun) == 1
 
 
 async def asyncpg_driver_object_types_exist(tmp_path: Path) -> None:
@@ -133,6 +148,7 @@ INTERNALS: list[Callable[[Path], object]] = [
     aiosqlite_conn_is_the_sqlite3_connection,
     aiosqlite_cursor_wraps_a_sqlite3_cursor,
     aiosqlite_thread_is_reachable,
+    sqlalchemy_begins_a_transaction_with_dialect_do_begin,
     asyncpg_driver_object_types_exist,
     sqlalchemy_asyncpg_adapter_starts_transactions,
     sqlalchemy_asyncpg_dialect_sets_readonly_and_deferrable,
