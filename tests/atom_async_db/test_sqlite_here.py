@@ -191,7 +191,8 @@ async def test_a_task_that_only_reads_still_lets_other_tasks_run(tmp_path: Path)
         await session.scalar(text("select 1"))
     reading = asyncio.create_task(reader())
     await asyncio.sleep(0)  # the reader starts first
-    asyncio.create_task(other_task())
+    other = asyncio.create_task(other_task())
     assert await reading < 10_000
+    await other
     await assert_no_leaks(database)
     await database.dispose()

@@ -117,3 +117,23 @@ def test_the_instruction_count_command(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     row = re.search(r"^\| ours_unguarded \| ([\d,]+)k \|$", result.stdout, re.MULTILINE)
     assert row is not None and int(row.group(1).replace(",", "")) > 0, result.stdout
+
+
+def test_the_sqlite_loop_stall_command_measures_every_case(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "benchmarks.sqlite_loop", "--duration", "0.2", "--out", str(tmp_path)
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [(row["case"], row["sqlite_loop_limit"]) for row in rows] == [
+        (case, limit)
+        for case in (
+            "read, 50 tasks",
+            "write, 50 tasks",
+            "long read, 1 task",
+            "lock wait, 10 tasks",
+        )
+        for limit in ("5 ms", "0 ms")
+    ]
+    assert all(row["ops_per_s"] > 0 for row in rows), rows
