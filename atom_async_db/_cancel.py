@@ -49,14 +49,11 @@ import functools
 import types
 import weakref
 from collections.abc import Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
 from ._classify import is_connection_loss
-
-if TYPE_CHECKING:
-    from ._sqlite_here import LoopBudget
 
 __all__ = [
     "COMMIT_ABANDONED_NOTE",
@@ -102,14 +99,15 @@ class ConnectionGuard:
         grace: float,
         interrupt: Callable[[], Awaitable[Any]] | None,
         *,
-        here: LoopBudget | None = None,
+        here: object | None = None,
     ) -> None:
         self.grace = grace
         self.interrupt = interrupt  # stops a running statement (aiosqlite; asyncpg: cancel)
         self.tainted = False
         self.commit_outcome_unknown = False
         # aiosqlite with check_same_thread=False: what takes microseconds runs on the
-        # loop's thread, not by a trip to the connection's thread (see _sqlite_here).
+        # loop's thread, not by a trip to the connection's thread, by the rules of this
+        # _sqlite_here.LoopBudget (which builds on this module, hence no type here).
         self.here = here
         # What a call's result is wrapped in when it is a driver object whose methods do
         # I/O (set by _proxies; none for a guard that only settles a connect).

@@ -20,11 +20,15 @@ is held (``LoopBudget.limit``, the ``sqlite_loop_limit`` setting):
 Everything else runs on the connection's thread as aiosqlite runs it: ``INSERT``,
 ``UPDATE``, ``DELETE`` (SQLite cannot stop a write midway without rolling back the whole
 transaction, so one that turned out long could not be moved), DDL, ``PRAGMA``, the
-``COMMIT`` of a transaction that wrote (it may wait for the disk), and every call on a
-connection whose guard is tainted (a call abandoned there may still be running).
+``COMMIT`` of a transaction that wrote (it may wait for the disk), every statement outside
+a transaction (no lock is held yet), and every call on a connection whose guard is
+tainted (a call abandoned there may still be running). The connection's busy timeout is 0;
+what goes there and may meet a lock is sent with the configured one (``_waiting``).
 
 Nothing here yields to the loop, so no cancellation can arrive midway: the guarantees of
-``_cancel`` hold without it.
+``_cancel`` hold without it. For the same reason a task whose statements all run here
+would never let another task run: once they have held the loop ``limit`` seconds without
+a turn, the next one waits for a turn first (``_held_too_long``).
 """
 
 from __future__ import annotations
@@ -139,9 +143,9 @@ def _cursor_class() -> Any:
 
 _HereCursor = functools.cache(_cursor_class)
 
-# The functions below are the calls answered here: each takes the guard, the aiosqlite
-# method it stands for, ``there`` (that method's guarded call, for what goes to the
-# thread) and the method's arguments.
+# The functions below are the calls answered here: each takes the guard, its budget, the
+# aiosqlite method it stands for, ``there`` (that method's guarded call, for what goes to
+# the thread) and the method's arguments.
 
 
 def _open(guard: ConnectionGuard) -> bool:
@@ -188,10 +192,18 @@ def _rollback_here(
 def _commit_here(
     guard: ConnectionGuard, budget: LoopBudget, method: Any, there: Any
 ) -> Awaitable[Any]:
-    """The aiosqlite ``commit()``: here when the transaction wrote nothing."""
-    if budget.wrote or not budget.limit or not _open(guard):
+    """The aiosqlite ``commit()``: here when the transaction wrote nothing. Otherwise there,
+    where outside WAL mode (a file system without shared memory, say) it may have to wait
+    for readers to finish.
+    """
+    connection = method.__self__._conn
+    if not budget.limit:
         return there()  # type: ignore[no-any-return]
-    method.__self__._conn.commit()
+    if budget.wrote or not _open(guard):
+        if budget.wal is None:
+            budget.wal = connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        return there() if budget.wal else _waiting(guard, budget, connection, there)
+    connection.commit()
     return _DONE
 
 
@@ -209,12 +221,12 @@ def _execute_here(
         sqlite3.OperationalError: the statement failed here (as it would have there).
     """
     cursor = method.__self__
-    if type(cursor) is not _HereCursor():  # (one made elsewhere, as by Connection.execute)
-        budget.wrote = True
+    if not budget.limit or type(cursor) is not _HereCursor():  # (made elsewhere: by
+        budget.wrote = True  # Connection.execute, say)
         return there(sql, parameters)  # type: ignore[no-any-return]
     cursor.rows = None
     connection = cursor._conn._conn
-    kind = _kind(sql) if budget.limit and _open(guard) else _THERE
+    kind = _kind(sql) if _open(guard) else _THERE
     if kind == _THERE or (kind != _BEGIN and not connection.in_transaction):
         budget.wrote = True
         if connection.in_transaction:  # (the transaction holds the lock)

@@ -196,3 +196,47 @@ async def test_a_task_that_only_reads_still_lets_other_tasks_run(tmp_path: Path)
     await other
     await assert_no_leaks(database)
     await database.dispose()
+
+
+async def test_a_commit_outside_wal_mode_waits_for_readers_off_the_loop(tmp_path: Path) -> None:
+    # In rollback-journal mode (a file system without shared memory, or an application's
+    # own journal_mode) a writing COMMIT needs every reader gone; it waits on the thread.
+    database = _database(tmp_path, sqlite_busy_timeout=10)
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+    waiting_there = asyncio.Event()
+
+    @event.listens_for(database.engine.sync_engine, "connect")
+    def _journal_and_trace(dbapi_connection: Any, _: Any) -> None:
+        raw = dbapi_connection.driver_connection._conn
+        raw.execute("PRAGMA journal_mode=DELETE")
+
+        def trace(statement: str) -> None:
+            if statement.startswith("COMMIT") and threading.get_ident() != loop_thread:
+                loop.call_soon_threadsafe(waiting_there.set)
+
+        raw.set_trace_callback(trace)
+
+    await reset_schema(database)
+    reader = sqlite3.connect(tmp_path / "here.db", isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("select count(*) from atom_t_users").fetchall()  # holds a shared lock
+
+    async def add_a_user() -> None:
+        async with database.get_async_db_session() as session:
+            session.add(User(email="committed@example.com"))
+
+    adding = asyncio.create_task(add_a_user())
+    async with asyncio.timeout(5):
+        await waiting_there.wait()
+    # A COMMIT that does not wait fails at once ("database is locked"); this one must still
+    # be waiting half a second later (its busy timeout is 10 s), then go through.
+    await asyncio.wait({adding}, timeout=0.5)
+    assert not adding.done()
+    reader.commit()
+    await adding
+    async with database.get_async_db_session() as session:
+        assert await session.scalar(select(func.count()).select_from(User)) == 1
+    reader.close()
+    await assert_no_leaks(database)
+    await database.dispose()
