@@ -12,7 +12,9 @@ is held (``LoopBudget.limit``, the ``sqlite_loop_limit`` setting):
   connection's thread with the configured busy timeout, so the wait never holds the loop.
 - ``SELECT``, with its rows fetched at once, under a progress handler that stops it
   once it has run ``limit`` seconds; a stopped read leaves the transaction as it was and
-  runs again on the connection's thread (a read's work is lost, never a write's).
+  runs again on the connection's thread (a read's work is lost, never a write's). The
+  handler looks at the clock every ``_PROGRESS_STEPS`` steps, so a read whose steps call
+  expensive functions overshoots the limit by up to that many calls.
 - ``SAVEPOINT``, ``RELEASE``, ``ROLLBACK``, and the ``COMMIT`` of a transaction that wrote
   nothing: they end or mark a transaction in memory, without I/O.
 - Making and closing cursors.
@@ -49,8 +51,11 @@ if TYPE_CHECKING:
 
 __all__ = ["LoopBudget", "here_calls"]
 
-# How many SQLite virtual-machine steps between two looks at the clock (a few microseconds).
-_PROGRESS_STEPS = 1000
+# How many SQLite virtual-machine steps between two looks at the clock: about a microsecond
+# of plain scanning, and one look per point read. A step that calls an expensive function
+# (string work on large values, a Python function the application registered) can hold the
+# loop past the limit by up to this many of them.
+_PROGRESS_STEPS = 100
 
 
 class LoopBudget:
@@ -197,7 +202,7 @@ def _commit_here(
     for readers to finish.
     """
     connection = method.__self__._conn
-    if not budget.limit:
+    if not budget.limit or guard.tainted:
         return there()  # type: ignore[no-any-return]
     if budget.wrote or not _open(guard):
         if budget.wal is None:
@@ -229,7 +234,9 @@ def _execute_here(
     kind = _kind(sql) if _open(guard) else _THERE
     if kind == _THERE or (kind != _BEGIN and not connection.in_transaction):
         budget.wrote = True
-        if connection.in_transaction:  # (the transaction holds the lock)
+        # (A transaction holds the lock; on a tainted connection the loop's thread must
+        # not touch sqlite3 at all: an abandoned call may still hold it.)
+        if connection.in_transaction or guard.tainted:
             return there(sql, parameters)  # type: ignore[no-any-return]
         return _waiting(guard, budget, connection, functools.partial(there, sql, parameters))
     now = time.perf_counter()
@@ -266,17 +273,17 @@ def _execute_here(
 
 
 class _Streak(threading.local):
-    """Since when the loop's thread has run statements here without the loop turning."""
+    """Since when statements run here have held this thread's loop without a turn."""
 
+    loop: asyncio.AbstractEventLoop | None = None  # (None: the loop has turned since)
     started = 0.0
-    running = False
 
 
 _streak = _Streak()
 
 
 def _end_streak() -> None:
-    _streak.running = False
+    _streak.loop = None
 
 
 def _held_too_long(now: float, limit: float) -> bool:
@@ -285,11 +292,13 @@ def _held_too_long(now: float, limit: float) -> bool:
     short sessions) would otherwise never let another task run.
     """
     streak = _streak
-    if streak.running:
+    loop = asyncio.get_running_loop()
+    if streak.loop is loop:
         return now - streak.started > limit
-    streak.running = True
+    # (A streak of another loop is over: that loop stopped before its next turn.)
+    streak.loop = loop
     streak.started = now
-    asyncio.get_running_loop().call_soon(_end_streak)  # (runs at the loop's next turn)
+    loop.call_soon(_end_streak)  # (runs at the loop's next turn)
     return False
 
 
@@ -298,6 +307,7 @@ async def _after_a_turn(
 ) -> Any:
     """The statement, once the loop has turned: every other task ready to run has run."""
     await asyncio.sleep(0)
+    _streak.loop = None  # (the turn just taken ends the streak, whatever ran meanwhile)
     return await _execute_here(guard, budget, method, there, sql, parameters)
 
 
@@ -345,9 +355,11 @@ def _marks_written(
     guard: ConnectionGuard, budget: LoopBudget, method: Any, there: Any, *args: Any, **kw: Any
 ) -> Any:
     """An aiosqlite method sent to the connection's thread as it is, marking the
-    transaction as one that may have written.
+    transaction as one that may have written (and a cursor's rows read here as gone).
     """
     budget.wrote = True
+    if type(method.__self__) is _HereCursor():
+        method.__self__.rows = None
     return there(*args, **kw)
 
 

@@ -240,3 +240,51 @@ async def test_a_commit_outside_wal_mode_waits_for_readers_off_the_loop(tmp_path
     reader.close()
     await assert_no_leaks(database)
     await database.dispose()
+
+
+def test_a_loop_that_stopped_before_its_next_turn_does_not_hold_up_the_next(
+    tmp_path: Path,
+) -> None:
+    # Found by review: the hold of the loop was counted per thread, and a loop that stopped
+    # right after a statement here left it running for the next loop, which then waited
+    # for turns that could never end it (RecursionError).
+    path = tmp_path / "here.db"
+    database = Database(f"sqlite:///{path}")
+    # (a limit of a nanosecond: any time since the first loop's statement is past it)
+    other = Database(f"sqlite:///{path}", sqlite_loop_limit=1e-9)
+
+    async def read(db: Database) -> Any:
+        async with db.get_async_db_session() as session:
+            return await session.scalar(text("select 1"))
+
+    pending: list[asyncio.Future[Any]] = []
+
+    async def read_in_the_last_turn() -> None:
+        pending.append(asyncio.ensure_future(read(database)))  # runs as the loop stops
+
+    first, second = asyncio.new_event_loop(), asyncio.new_event_loop()
+    try:
+        assert first.run_until_complete(read(database)) == 1  # (opens the connection)
+        first.run_until_complete(read_in_the_last_turn())
+        assert pending[0].done()  # its whole session ran here, in the loop's last turn
+        assert second.run_until_complete(read(other)) == 1
+    finally:
+        first.run_until_complete(database.dispose())
+        second.run_until_complete(other.dispose())
+        first.close()
+        second.close()
+
+
+async def test_a_cursor_forgets_rows_read_here_when_it_runs_something_there(
+    tmp_path: Path,
+) -> None:
+    database = _database(tmp_path)
+    async with database.engine.begin() as connection:
+        raw = (await connection.get_raw_connection()).driver_connection
+        cursor = await raw.cursor()
+        await cursor.execute("create temp table scratch (x)")
+        await cursor.execute("select 1, 'read here'")
+        await cursor.executemany("insert into scratch values (?)", [(1,), (2,)])
+        assert await cursor.fetchall() == []  # as sqlite3 says after executemany
+        await cursor.close()
+    await database.dispose()
