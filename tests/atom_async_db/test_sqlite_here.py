@@ -30,6 +30,29 @@ def _database(tmp_path: Path, **options: Any) -> Database:
     return database
 
 
+def _sent_there(database: Database, keyword: str, *setup: str) -> asyncio.Event:
+    """An event set when a statement starting with ``keyword`` starts on a connection's
+    thread (not the loop's); ``setup``: statements each new connection runs first.
+    """
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+    sent = asyncio.Event()
+
+    @event.listens_for(database.engine.sync_engine, "connect")
+    def _trace(dbapi_connection: Any, _: Any) -> None:
+        raw = dbapi_connection.driver_connection._conn
+        for statement in setup:
+            raw.execute(statement)
+
+        def trace(statement: str) -> None:
+            if statement.startswith(keyword) and threading.get_ident() != loop_thread:
+                loop.call_soon_threadsafe(sent.set)
+
+        raw.set_trace_callback(trace)
+
+    return sent
+
+
 async def test_reads_run_on_the_loops_thread_and_writes_on_the_connections(
     tmp_path: Path,
 ) -> None:
@@ -104,18 +127,7 @@ async def test_a_long_read_moves_off_the_loop_and_the_transaction_is_kept(
 
 async def test_begin_waits_for_the_write_lock_off_the_loop(tmp_path: Path) -> None:
     database = _database(tmp_path, sqlite_busy_timeout=10)
-    loop = asyncio.get_running_loop()
-    loop_thread = threading.get_ident()
-    waiting_there = asyncio.Event()
-
-    @event.listens_for(database.engine.sync_engine, "connect")
-    def _tell_when_begin_waits_there(dbapi_connection: Any, _: Any) -> None:
-        def trace(statement: str) -> None:
-            if statement.startswith("BEGIN") and threading.get_ident() != loop_thread:
-                loop.call_soon_threadsafe(waiting_there.set)
-
-        dbapi_connection.driver_connection._conn.set_trace_callback(trace)
-
+    waiting_there = _sent_there(database, "BEGIN")
     await reset_schema(database)
     holder = sqlite3.connect(tmp_path / "here.db", isolation_level=None)  # another process, say
     holder.execute("BEGIN IMMEDIATE")
@@ -202,21 +214,7 @@ async def test_a_commit_outside_wal_mode_waits_for_readers_off_the_loop(tmp_path
     # In rollback-journal mode (a file system without shared memory, or an application's
     # own journal_mode) a writing COMMIT needs every reader gone; it waits on the thread.
     database = _database(tmp_path, sqlite_busy_timeout=10)
-    loop = asyncio.get_running_loop()
-    loop_thread = threading.get_ident()
-    waiting_there = asyncio.Event()
-
-    @event.listens_for(database.engine.sync_engine, "connect")
-    def _journal_and_trace(dbapi_connection: Any, _: Any) -> None:
-        raw = dbapi_connection.driver_connection._conn
-        raw.execute("PRAGMA journal_mode=DELETE")
-
-        def trace(statement: str) -> None:
-            if statement.startswith("COMMIT") and threading.get_ident() != loop_thread:
-                loop.call_soon_threadsafe(waiting_there.set)
-
-        raw.set_trace_callback(trace)
-
+    waiting_there = _sent_there(database, "COMMIT", "PRAGMA journal_mode=DELETE")
     await reset_schema(database)
     reader = sqlite3.connect(tmp_path / "here.db", isolation_level=None)
     reader.execute("BEGIN")
