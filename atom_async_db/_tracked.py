@@ -11,7 +11,7 @@ import asyncio
 import functools
 import inspect as inspect_module
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import event, inspect
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +32,7 @@ __all__ = [
     "SingleTaskAsyncSession",
     "TrackedSession",
     "backing_class",
+    "composed_class",
     "hand_over_to_outer",
     "has_unsaved_changes",
     "merge_session_keywords",
@@ -222,8 +223,30 @@ _ONE_TASK_METHODS = (
 _ENDING_METHODS = frozenset({"close", "rollback", "invalidate", "reset"})
 
 
-# Composed once per application class, so sessions of one class share one type.
-_COMPOSED: dict[type, Any] = {}
+_SessionT = TypeVar("_SessionT")
+
+# Composed once per pair of classes, so sessions of one class share one type.
+_COMPOSED: dict[tuple[type, type], Any] = {}
+
+
+def composed_class(
+    ours: type[_SessionT],
+    application: type,
+    prefix: str,
+    methods: Callable[[], dict[str, Any]] | None = None,
+) -> type[_SessionT]:
+    """``ours`` composed with an application's own session class ``application`` (ours
+    first, so the library's behaviour wraps the application's), with ``methods()`` added;
+    made once per pair, and ``ours`` itself when it already is an ``application``.
+    """
+    if issubclass(ours, application):
+        return ours
+    composed: type[_SessionT] | None = _COMPOSED.get((ours, application))
+    if composed is None:
+        composed = _COMPOSED[ours, application] = type(
+            f"{prefix}{application.__name__}", (ours, application), methods() if methods else {}
+        )
+    return composed
 
 
 def single_task_class(application: type[AsyncSession]) -> type[SingleTaskAsyncSession]:
@@ -231,39 +254,26 @@ def single_task_class(application: type[AsyncSession]) -> type[SingleTaskAsyncSe
     ours composed with it, so that its methods (SQLModel's ``exec``) are there and each
     awaiting one runs one task at a time.
     """
-    if application is AsyncSession:
-        return SingleTaskAsyncSession
-    composed: type[SingleTaskAsyncSession] | None = _COMPOSED.get(application)
-    if composed is not None:
-        return composed
-    own = {
-        name
-        for klass in application.__mro__[: application.__mro__.index(AsyncSession)]
-        for name, value in vars(klass).items()
-        if not name.startswith("_")
-        and name not in _ENDING_METHODS
-        and inspect_module.iscoroutinefunction(value)
-    }
-    methods = {name: _one_task_at_a_time(name, application) for name in {*_ONE_TASK_METHODS, *own}}
-    composed = type(
-        f"SingleTask{application.__name__}", (SingleTaskAsyncSession, application), methods
-    )
-    _COMPOSED[application] = composed
-    return composed
+
+    def one_task_methods() -> dict[str, Any]:
+        own = {
+            name
+            for klass in application.__mro__[: application.__mro__.index(AsyncSession)]
+            for name, value in vars(klass).items()
+            if not name.startswith("_")
+            and name not in _ENDING_METHODS
+            and inspect_module.iscoroutinefunction(value)
+        }
+        return {name: _one_task_at_a_time(name, application) for name in {*_ONE_TASK_METHODS, *own}}
+
+    return composed_class(SingleTaskAsyncSession, application, "SingleTask", one_task_methods)
 
 
 def backing_class(application: type[Session]) -> type[BackingSession]:
     """The sync session class behind our ``AsyncSession`` for an application's own sync
     ``application`` class (SQLModel's ``Session``): ours composed with it.
     """
-    if application is Session:
-        return BackingSession
-    composed: type[BackingSession] | None = _COMPOSED.get(application)
-    if composed is None:
-        composed = _COMPOSED[application] = type(
-            f"Backing{application.__name__}", (BackingSession, application), {}
-        )
-    return composed
+    return composed_class(BackingSession, application, "Backing")
 
 
 # --------------------------------------------------------------------------- flush bookkeeping

@@ -46,6 +46,7 @@ from atom_async_db._compat import (
     FairPool,
     TrackedSession,
     backing_class,
+    composed_class,
     create_sync_engine_for,
     mask_url,
     merge_session_keywords,
@@ -207,7 +208,6 @@ class LegacySessionFactory(sessionmaker[LegacySession]):
     def __init__(self) -> None:
         super().__init__(class_=LegacySession, expire_on_commit=False)
         self._application: type[Session] | None = None
-        self._composed: dict[type[Session], type[LegacySession]] = {}
         self._configured = False
 
     def configure(self, **new_kw: Any) -> None:
@@ -248,14 +248,7 @@ class LegacySessionFactory(sessionmaker[LegacySession]):
         application = self._application
         if application is None:
             application = (database or atom_async_db.get_database()).settings.session_class
-        if application is Session or issubclass(self.class_, application):
-            return self.class_
-        composed = self._composed.get(application)
-        if composed is None:
-            composed = self._composed[application] = type(
-                f"Legacy{application.__name__}", (self.class_, application), {}
-            )
-        return composed
+        return composed_class(self.class_, application, "Legacy")
 
     def __call__(self, **local_kw: Any) -> LegacySession:
         """A new session, as ``sessionmaker()``; ``database=`` names its database.
