@@ -117,7 +117,7 @@ _KINDS = {"SELECT": _READ, "BEGIN": _BEGIN, "SAVEPOINT": _MARK, "RELEASE": _MARK
 
 @functools.lru_cache(maxsize=1024)  # SQLAlchemy sends the same few strings again and again
 def _kind(sql: str) -> int:
-    words = sql.split(None, 2)
+    words = sql.split(None, 1)
     if not words:
         return _THERE
     first = words[0].upper()
