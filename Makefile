@@ -1,6 +1,6 @@
 # Two commands on a fresh machine: `make bench` (the benchmarks, the main job, on the
 # embedded SQLite default: no server) and `make test` (the whole suite; starts the local
-# PostgreSQL if it is not answering). BENCH_ARGS / PYTEST_ARGS pass options through.
+# PostgreSQL if it is not answering and installs PgBouncer if it is missing). BENCH_ARGS / PYTEST_ARGS pass options through.
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: $(VENV)/.installed
-	scripts/ensure-postgres
+	scripts/ensure-servers
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # (Its Starlette imports an anyio alias that the newest anyio deprecates: not ours to fix.)

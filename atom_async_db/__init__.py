@@ -12,6 +12,7 @@ from ._default import (
     configure,
     dispose,
     get_async_db,
+    get_async_db_replica,
     get_async_db_session,
     get_async_db_transaction,
     get_database,
@@ -19,6 +20,7 @@ from ._default import (
 )
 from ._factory import AsyncSessionFactory
 from ._hooks import on_commit, savepoint
+from ._replicas import ReplicaStatus
 from ._retry import is_conflict, retry_on_conflict
 from ._settings import EMBEDDED_DATABASE_FILENAME
 from ._workers import ItemOutcome, run_each, stream_each
@@ -58,6 +60,7 @@ __all__ = [
     "ItemOutcome",
     "NoEventLoopError",
     "PoolTimeoutError",
+    "ReplicaStatus",
     "SessionNestingError",
     "SyncSessionContextError",
     "SyncSessionOnEventLoopError",
@@ -67,6 +70,7 @@ __all__ = [
     "configure",
     "dispose",
     "get_async_db",
+    "get_async_db_replica",
     "get_async_db_session",
     "get_async_db_transaction",
     "get_database",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
@@ -18,11 +19,15 @@ from typing_extensions import Unpack
 from ._drain import OpenScope
 from ._engine import create_engine_for, create_sync_engine_for, open_memory_anchor
 from ._loops import LoopEngines
+from ._masking import mask_url
 from ._options import SessionOptionArgs, SessionOptions
 from ._pool import FairPool
+from ._replicas import Replicas, ReplicaScope, ReplicaStatus
 from ._session import Scopes, SessionScope
 from ._settings import Settings, build_settings
+from ._startup import StartupCheck
 from ._tracked import backing_class, single_task_class
+from .exceptions import ConfigurationError
 
 __all__ = ["Database"]
 
@@ -76,8 +81,13 @@ class Database:
 
     def _start(self, settings: Settings) -> None:
         self.settings: Settings = settings
+        self._startup = startup = StartupCheck(settings)
+        self._replicas = replicas = _replicas_of(settings)
         self._engines = LoopEngines(
-            lambda: create_engine_for(settings), dispose_timeout=settings.cleanup_timeout
+            (lambda: replicas.watch_writes(startup.install(create_engine_for(settings))))
+            if replicas is not None
+            else lambda: startup.install(create_engine_for(settings)),
+            dispose_timeout=settings.cleanup_timeout,
         )
         self._scopes = Scopes(
             repr(self),
@@ -138,7 +148,8 @@ class Database:
             with self._sync_engine_lock:
                 engine = self._sync_engine
                 if engine is None:
-                    engine = self._sync_engine = create_sync_engine_for(self.settings)
+                    engine = create_sync_engine_for(self.settings)
+                    self._sync_engine = self._startup.install_sync(engine)
                     _forget_in_forked_children(engine)
         return engine
 
@@ -147,6 +158,7 @@ class Database:
         *,
         independent: bool = False,
         commit: bool = True,
+        replica: bool = False,
         **options: Unpack[SessionOptionArgs],
     ) -> AbstractAsyncContextManager[AsyncSession]:
         """A session that commits on success, rolls back on error and is always closed.
@@ -154,10 +166,50 @@ class Database:
         Same as :func:`atom_async_db.get_async_db_session`, on this database.
 
         Raises:
+            ConfigurationError: ``replica=True`` with ``independent=True`` (a replica
+                session is one of its own already).
             What :func:`atom_async_db.get_async_db_session` raises.
         """
         checked = SessionOptions.of(self.settings.dialect, options)
+        if replica and self._replicas is not None:
+            if independent:
+                raise ConfigurationError(
+                    "a replica=True session is a session of its own already; drop "
+                    "independent=True"
+                )
+            return ReplicaScope(
+                self.get_async_db_session,
+                self._replicas,
+                joins_primary=self._joins_primary,
+                commit=commit,
+                options=options,
+            )
         return SessionScope(self._scopes, commit=commit, independent=independent, options=checked)
+
+    def _joins_primary(self) -> bool:
+        """Whether a session opened now joins one of the primary (this task's, or a test's)."""
+        scopes = self._scopes
+        active = scopes.active.get()
+        return scopes.test_transaction is not None or (
+            active is not None and active.owner is asyncio.current_task()
+        )
+
+    async def get_async_db_replica(self) -> AsyncIterator[AsyncSession]:
+        """FastAPI dependency for read-only routes: a request-scoped session on a replica.
+
+        Same as :func:`atom_async_db.get_async_db_replica`, on this database.
+
+        Raises:
+            What :func:`atom_async_db.get_async_db_replica` raises.
+        """
+        async with self.get_async_db_session(replica=True, commit=False) as session:
+            yield session
+
+    def replica_status(self) -> tuple[ReplicaStatus, ...]:
+        """What the last check of each replica (``replica_urls``) found: whether sessions go
+        to it, how far behind it was and, when skipped, why; empty without replicas.
+        """
+        return () if self._replicas is None else self._replicas.status()
 
     async def get_async_db(self) -> AsyncIterator[AsyncSession]:
         """FastAPI dependency: a request-scoped session that never commits on its own.
@@ -262,6 +314,8 @@ class Database:
             await self._scopes.open.wait(lambda scope: scope.owner in stopping, limit)
         await self._engines.close_current()
         self._close_sync_engine()
+        if self._replicas is not None:
+            await self._replicas.dispose()
         if self._reopens:
             self._reopen()
 
@@ -309,10 +363,36 @@ class Database:
         engine = self._sync_engine
         if engine is not None and isinstance(engine.pool, FairPool):
             engine.pool.reopen()
+        if self._replicas is not None:
+            self._replicas.reopen()
         self._scopes.disposed = False
 
     def __repr__(self) -> str:
         return f"Database({self.url!r})"
+
+
+def _replicas_of(settings: Settings) -> Replicas | None:
+    """The replicas of ``settings``: a ``Database`` each, with the primary's settings."""
+    if not settings.replica_urls:
+        return None
+    databases = []
+    for url in settings.replica_urls:
+        replica = Database.__new__(Database)
+        replica._start(
+            dataclasses.replace(
+                settings,
+                url=url,
+                sync_url=url.set(drivername="postgresql+psycopg"),  # (never used)
+                replica_urls=(),
+            )
+        )
+        databases.append((mask_url(url), replica))
+    return Replicas(
+        databases,
+        max_lag=settings.max_replica_lag,
+        interval=settings.replica_check_interval,
+        check_timeout=min(settings.pool_timeout, 5.0),
+    )
 
 
 def _forget_in_forked_children(engine: Engine) -> None:

@@ -92,7 +92,11 @@ def get_database() -> Database:
 
 
 def get_async_db_session(
-    *, independent: bool = False, commit: bool = True, **options: Unpack[SessionOptionArgs]
+    *,
+    independent: bool = False,
+    commit: bool = True,
+    replica: bool = False,
+    **options: Unpack[SessionOptionArgs],
 ) -> AbstractAsyncContextManager[AsyncSession]:
     """Open a session for services, workers and scripts: ``async with`` it.
 
@@ -133,8 +137,19 @@ def get_async_db_session(
             db.add(User(email="ada@example.com"))
             await db.commit()
 
+    ``replica=True`` marks the block as read-only work that a read replica may serve
+    (``replica_urls``): it goes to a replica that is up and not behind by more than
+    ``max_replica_lag``, unless this task has written to the primary before (it then reads
+    its own writes there) or is inside a session of the primary (it joins it). Where it
+    lands on the primary, its transaction is read-only. Without replicas it is a session
+    like any other::
+
+        async with get_async_db_session(replica=True) as db:
+            total = await db.scalar(select(func.count()).select_from(Order))
+
     Raises:
-        ConfigurationError: an option is invalid, or not available on SQLite.
+        ConfigurationError: an option is invalid, or not available on SQLite, or
+            ``replica=True`` comes with ``independent=True``.
         SessionNestingError: the block would join an outer transaction that lacks its
             options, or is ``independent=True`` on SQLite while the outer block holds a
             transaction.
@@ -145,7 +160,9 @@ def get_async_db_session(
         CommitOutcomeUnknownError: the connection was lost while COMMIT was in flight: the
             work may or may not be saved.
     """
-    return get_database().get_async_db_session(independent=independent, commit=commit, **options)
+    return get_database().get_async_db_session(
+        independent=independent, commit=commit, replica=replica, **options
+    )
 
 
 async def get_async_db() -> AsyncIterator[AsyncSession]:
@@ -177,6 +194,25 @@ async def get_async_db() -> AsyncIterator[AsyncSession]:
             unreachable).
     """
     async with SessionScope(get_database()._scopes, commit=False) as session:
+        yield session
+
+
+async def get_async_db_replica() -> AsyncIterator[AsyncSession]:
+    """FastAPI dependency for read-only routes: :func:`get_async_db` on a read replica.
+
+    The session goes where ``get_async_db_session(replica=True)`` would (a usable replica,
+    else the primary, read-only) and, like :func:`get_async_db`, never commits::
+
+        @app.get("/reports/daily")
+        async def daily(db: AsyncSession = Depends(get_async_db_replica)):
+            return (await db.execute(select(Order.day, func.sum(Order.total)))).all()
+
+    (``atom_async_db.fastapi.AsyncReplicaDB`` is this, ended when the route returns.)
+
+    Raises:
+        What :func:`get_async_db` raises.
+    """
+    async with get_database().get_async_db_session(replica=True, commit=False) as session:
         yield session
 
 

@@ -31,7 +31,9 @@ from ._connector import (
 )
 from ._ping import install_checkout_ping
 from ._pool import FairAsyncPool, FairPool
-from ._settings import ASYNCPG_SECONDS, Settings
+from ._pooler import async_connect_args, install_pooler_rules, sync_connect_args
+from ._settings import Settings
+from ._urls import ASYNCPG_COUNTS, ASYNCPG_SECONDS, PSYCOPG_ONLY, prepare_threshold
 from .exceptions import DriverNotInstalledError
 
 logger = logging.getLogger("atom_async_db")
@@ -71,6 +73,7 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
         "pool_timeout": settings.pool_timeout,
         "pool_recycle": settings.pool_recycle,
         "pool_pre_ping": settings.pool_pre_ping,
+        "max_idle": settings.pool_max_idle,
         "echo": settings.echo,
         "poolclass": FairAsyncPool,
     }
@@ -80,10 +83,13 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
         import asyncpg
 
         connect: Callable[..., Any] = asyncpg.connect
-        for name in ASYNCPG_SECONDS:
-            if name in url.query:
-                connect_args.setdefault(name, float(str(url.query[name])))
-        url = url.difference_update_query(ASYNCPG_SECONDS)
+        for names, kind in ((ASYNCPG_SECONDS, float), (ASYNCPG_COUNTS, int)):
+            for name in names:
+                if name in url.query:
+                    connect_args.setdefault(name, kind(str(url.query[name])))
+            url = url.difference_update_query(names)
+        for name, value in async_connect_args(settings).items():
+            connect_args.setdefault(name, value)
         connect_args.setdefault("timeout", settings.connect_timeout)
         connect_args["server_settings"] = {
             "application_name": settings.application_name,
@@ -109,14 +115,23 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
             sqlite_busy_timeout_ms=int(settings.sqlite_busy_timeout * 1000),
         )
     options["connect_args"] = connect_args
+    if "poolclass" in settings.engine_options:
+        # The application's own pool (NullPool behind PgBouncer): our sizes are not its.
+        for name in ("poolclass", "pool_size", "max_overflow", "pool_timeout", "max_idle"):
+            options.pop(name)
     merged = {**settings.engine_options, **options}
     ping = merged.pop("pool_pre_ping")  # ours, not SQLAlchemy's (see _ping)
     engine = create_async_engine(url, **merged)
     install_cancellation_rules(engine.sync_engine)
-    if ping:
-        install_checkout_ping(engine.sync_engine)
+    pooled = settings.server_pooler != "none"
+    if ping or pooled:
+        install_checkout_ping(
+            engine.sync_engine, first_trip_limit=settings.pool_timeout if pooled else None
+        )
     if settings.dialect == "sqlite":
         apply_sqlite_rules(engine.sync_engine, settings)
+    else:
+        install_pooler_rules(engine.sync_engine, settings)
     return engine
 
 
@@ -141,9 +156,15 @@ def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None =
                 "sync code on PostgreSQL (sync_compat outside run_legacy) needs the 'psycopg' "
                 "package, which is not installed: pip install 'atom_async_db[postgres]'"
             )
-        connect_args: dict[str, Any] = {"application_name": settings.application_name}
+        connect_args: dict[str, Any] = {
+            "application_name": settings.application_name,
+            **sync_connect_args(settings, driver),
+        }
         if "connect_timeout" not in url.query:  # as the async engine's (libpq: whole s, >= 2)
             connect_args["connect_timeout"] = max(2, math.ceil(settings.connect_timeout))
+        if "prepare_threshold" in url.query and driver == "psycopg":
+            connect_args["prepare_threshold"] = prepare_threshold(url.query["prepare_threshold"])
+        url = url.difference_update_query(PSYCOPG_ONLY)
     else:
         # The pool is shared by threads; each connection is used by one thread at a time.
         connect_args = {"check_same_thread": False}
@@ -160,6 +181,7 @@ def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None =
             max_overflow=settings.sync_max_overflow,
             pool_timeout=settings.pool_timeout,
             pool_recycle=settings.pool_recycle,
+            max_idle=settings.pool_max_idle,
         )
     engine = create_engine(url, **options)
     if settings.dialect == "sqlite":
@@ -167,6 +189,7 @@ def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None =
     else:  # (SQLite runs in the process: it has no COMMIT in flight to lose)
         install_commit_outcome_rule(engine)
         install_sync_connect_rule(engine, server_of(url))
+        install_pooler_rules(engine, settings)
     return engine
 
 

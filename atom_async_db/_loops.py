@@ -150,18 +150,26 @@ class LoopEngines:
         self._entries = {}
 
 
+def _checked_out(engine: AsyncEngine) -> int:
+    """Connections checked out of ``engine``'s pool; 0 for a pool that does not count them
+    (an application's ``NullPool``, which closes each connection as it comes back).
+    """
+    checkedout = getattr(engine.sync_engine.pool, "checkedout", None)
+    return 0 if checkedout is None else int(checkedout())
+
+
 def _when_idle(engine: AsyncEngine, on_idle: Callable[[], None]) -> Callable[[], bool]:
     """Call ``on_idle`` once, when the last connection checked out of ``engine``'s pool is
     back in it; returns a function that stops waiting (True if it was still waiting).
     """
-    pool: Any = engine.sync_engine.pool  # a QueuePool: it counts what is checked out
+    pool: Any = engine.sync_engine.pool
     loop = asyncio.get_running_loop()
 
     def returned(*_: Any) -> None:
         loop.call_soon(check)  # once the connection is back in the pool
 
     def check() -> None:
-        if pool.checkedout() == 0 and stop():
+        if _checked_out(engine) == 0 and stop():
             on_idle()
 
     def stop() -> bool:
@@ -178,7 +186,7 @@ async def _wait_until_idle(engine: AsyncEngine, patience: float) -> bool:
     """Wait up to ``patience`` seconds for the sessions holding connections of ``engine``
     to end; True once none is checked out.
     """
-    if engine.sync_engine.pool.checkedout() == 0:  # type: ignore[attr-defined]
+    if _checked_out(engine) == 0:
         return True
     idle = asyncio.Event()
     stop = _when_idle(engine, idle.set)
@@ -200,7 +208,7 @@ def _dispose_when_idle(engine: AsyncEngine) -> None:
     """
     logger.warning(
         "dispose: %d sessions still hold connections; the engine is closed when they end",
-        engine.sync_engine.pool.checkedout(),  # type: ignore[attr-defined]
+        _checked_out(engine),
     )
 
     def dispose() -> None:

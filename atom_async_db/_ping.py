@@ -22,10 +22,17 @@ Either way the call runs through the cancellation guard, so a cancellation that 
 meanwhile lets it finish and lands on the session's first statement instead, and a
 failure refreshes the connections pooled before it too (the server likely dropped them
 all). Fresh connections are not tested. The sync engine keeps SQLAlchemy's own ping.
+
+Behind a server pooler (``first_trip_limit``, see ``_pooler``) fresh connections take the
+same step, and it may take ``first_trip_limit`` seconds: the pooler queues a client's
+first statement until one of its server connections is free, with no limit of ours
+otherwise. Past it, the connection is dropped (which takes the client out of the
+pooler's queue) and the caller gets :class:`~atom_async_db.PoolTimeoutError`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from contextvars import ContextVar
 from typing import Any
@@ -35,6 +42,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.util import await_
 
 from ._cancel import guard_of
+from .exceptions import PoolTimeoutError
 
 logger = logging.getLogger("atom_async_db")
 
@@ -47,15 +55,17 @@ BEGIN_ON_CHECKOUT: ContextVar[bool] = ContextVar("atom_async_db.begin_on_checkou
 _FRESH = "atom_async_db.fresh"  # record.info: connected, not yet handed out
 
 
-def install_checkout_ping(engine: Engine) -> None:
+def install_checkout_ping(engine: Engine, *, first_trip_limit: float | None = None) -> None:
     """Test ``engine``'s pooled connections on checkout (an async engine's
     ``sync_engine``, with SQLAlchemy's ``pool_pre_ping`` off); see the module docstring.
     """
     dialect = engine.dialect
 
-    @event.listens_for(engine, "connect")
-    def _fresh(_dbapi_connection: Any, record: Any) -> None:
-        record.info[_FRESH] = True
+    if first_trip_limit is None:
+
+        @event.listens_for(engine, "connect")
+        def _fresh(_dbapi_connection: Any, record: Any) -> None:
+            record.info[_FRESH] = True
 
     @event.listens_for(engine, "checkout")
     def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
@@ -64,12 +74,14 @@ def install_checkout_ping(engine: Engine) -> None:
         driver = dbapi_connection.driver_connection
         guard = guard_of(driver)
         try:
-            if BEGIN_ON_CHECKOUT.get() and _begin(dbapi_connection):
-                return
-            if guard is not None and hasattr(driver, "is_in_transaction"):  # asyncpg
-                await_(guard.run(driver._atom_target.execute("SELECT 1")))
+            if first_trip_limit is not None:
+                _within(
+                    first_trip_limit, driver, lambda: _first_trip(dialect, dbapi_connection, guard)
+                )
             else:
-                dialect.do_ping(dbapi_connection)
+                _first_trip(dialect, dbapi_connection, guard)
+        except PoolTimeoutError:
+            raise  # (SQLAlchemy discards the connection it was raised for)
         except Exception as error:
             logger.info("a pooled connection failed its pre-ping (%r); reconnecting", error)
             disconnect = exc.DisconnectionError(f"the connection failed its pre-ping: {error!r}")
@@ -79,6 +91,53 @@ def install_checkout_ping(engine: Engine) -> None:
     if hasattr(dialect, "set_readonly"):
         for name in ("set_readonly", "set_deferrable"):
             setattr(dialect, name, _ending_an_unused_begin(getattr(dialect, name)))
+
+
+def _first_trip(dialect: Any, adapter: Any, guard: Any) -> None:
+    """The checkout's one round trip: the session's BEGIN, else a ``SELECT 1``."""
+    if BEGIN_ON_CHECKOUT.get() and _begin(adapter):
+        return
+    driver = adapter.driver_connection
+    if guard is not None and hasattr(driver, "is_in_transaction"):  # asyncpg
+        await_(guard.run(driver._atom_target.execute("SELECT 1")))
+    else:
+        dialect.do_ping(adapter)
+
+
+def _within(limit: float, driver: Any, trip: Any) -> None:
+    """Run ``trip``; past ``limit`` seconds, drop the connection and raise
+    :class:`PoolTimeoutError`.
+
+    Raises:
+        PoolTimeoutError: the trip took longer than ``limit``.
+    """
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        driver._atom_target.terminate()  # no I/O: the pooler drops the waiting client
+
+    timer = asyncio.get_running_loop().call_later(limit, expire)
+    try:
+        trip()
+    except Exception:
+        if not expired:
+            raise
+    else:
+        return
+    finally:
+        timer.cancel()
+    raise PoolTimeoutError(
+        f"the server pooler (server_pooler) gave this session no server connection within "
+        f"pool_timeout={limit:g} s: all of its server connections for this database and "
+        "user are held by open transactions, this process's or others'. Each session holds "
+        "one from its first statement to its end, and a session opened with "
+        "independent=True inside another needs a second one while the first waits (a "
+        "deadlock once they are all held). Make pool_size + max_overflow, times the "
+        "processes, fit the pooler's pool (PgBouncer: default_pool_size), or raise that, "
+        "or end the outer session before opening an independent one."
+    )
 
 
 def _begin(adapter: Any) -> bool:

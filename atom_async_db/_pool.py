@@ -15,9 +15,11 @@ in :class:`FairPool`; only how a caller waits differs:
 - A connection given back goes to the longest-waiting caller, never to a newcomer; a
   caller only takes a free connection, or opens a new one, when nobody is waiting.
 - Free connections are reused most-recently-returned first, so under a lighter load the
-  surplus goes unused and, once it has been idle for ``OVERFLOW_IDLE`` seconds, is closed
-  down to ``pool_size``, one connection per return (there is no timer: a pool nobody uses
-  keeps what it has until its next use, ``pool_recycle`` or ``dispose()``).
+  surplus goes unused and, once it has been idle for ``pool_max_idle`` seconds, is closed
+  down to ``pool_size`` by a timer, also when no more traffic comes (after a burst, an
+  idle process would otherwise keep every overflow connection, and behind PgBouncer in
+  session mode each of them holds a server connection). The timer is set only while
+  there is a surplus, so returns pay one comparison for it.
 - Room for a new connection (one closed, or a failed connect) goes to the longest-waiting
   caller, which opens it.
 - A caller that times out gets :class:`~atom_async_db.PoolTimeoutError`, which says how
@@ -35,14 +37,11 @@ from typing import Any
 
 from sqlalchemy.pool import ConnectionPoolEntry, Pool
 from sqlalchemy.pool.base import _AsyncConnDialect
-from sqlalchemy.util import await_
+from sqlalchemy.util import await_, greenlet_spawn
 
 from .exceptions import DatabaseDisposedError, PoolTimeoutError
 
-__all__ = ["OVERFLOW_IDLE", "FairAsyncPool", "FairPool"]
-
-#: Seconds an idle connection beyond ``pool_size`` is kept before it is closed.
-OVERFLOW_IDLE = 10.0
+__all__ = ["FairAsyncPool", "FairPool"]
 
 
 class _Token:
@@ -103,12 +102,15 @@ class FairPool(Pool):
         max_overflow: int = 10,
         timeout: float = 30.0,
         use_lifo: bool = False,  # accepted for create_engine's sake: free ones are always LIFO
+        max_idle: float = 10.0,
         **kw: Any,
     ) -> None:
         super().__init__(creator, **kw)
         self._size = pool_size
         self._max_overflow = max_overflow
         self._timeout = timeout
+        self._max_idle = max_idle
+        self._idle_timer: Any = None  # set while free connections beyond pool_size exist
         self._lock = threading.Lock()
         self._free: deque[tuple[ConnectionPoolEntry, float]] = deque()  # (record, since)
         self._waiters: deque[Any] = deque()
@@ -150,21 +152,35 @@ class FairPool(Pool):
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         self._put_back(record)
-        # One surplus connection at most per return, after the record is back: closing is
-        # I/O, which a checkout never waits for and a return pays for only in small steps.
-        with self._lock:
-            surplus = self._take_surplus()
-        if surplus is not None:
-            surplus.close()
 
     def _put_back(self, record: ConnectionPoolEntry) -> None:
         with self._lock:
             if not self._closed:
                 if not self._hand_over(record):
                     self._free.append((record, time.monotonic()))
+                    if self._idle_timer is None and self._open > self._size:
+                        self._idle_timer = self._start_timer(self._max_idle)
                 return
             self._open -= 1
         record.close()  # a session that outlived the shutdown: its connection ends here
+
+    def _close_idle_surplus(self) -> None:
+        """The timer's work: close the free connections beyond ``pool_size`` idle for
+        ``pool_max_idle``, and set the timer again for the next one to come due.
+        """
+        surplus = []
+        with self._lock:
+            self._idle_timer = None
+            now = time.monotonic()
+            while self._open > self._size and self._free:
+                since = self._free[0][1]
+                if since > now - self._max_idle:
+                    self._idle_timer = self._start_timer(since + self._max_idle - now)
+                    break
+                self._open -= 1
+                surplus.append(self._free.popleft()[0])
+        for record in surplus:
+            record.close()
 
     def _pass_on(self, item: Any) -> None:
         """A waiter that fails after it was handed ``item`` passes it on."""
@@ -199,20 +215,13 @@ class FairPool(Pool):
             if not self._hand_over(_OPEN):
                 self._open -= 1
 
-    def _take_surplus(self) -> ConnectionPoolEntry | None:
-        """The oldest free connection if it is beyond ``pool_size`` and idle for
-        ``OVERFLOW_IDLE``; under the lock (``_free`` is oldest first).
-        """
-        if (
-            self._open > self._size
-            and self._free
-            and self._free[0][1] < time.monotonic() - OVERFLOW_IDLE
-        ):
-            self._open -= 1
-            return self._free.popleft()[0]
-        return None
+    # -- waiting and timers (threads here, tasks in FairAsyncPool) --------------------
 
-    # -- waiting (threads here, tasks in FairAsyncPool) -------------------------------
+    def _start_timer(self, delay: float) -> Any:
+        timer = threading.Timer(delay, self._close_idle_surplus)
+        timer.daemon = True
+        timer.start()
+        return timer
 
     def _new_waiter(self) -> Any:
         return _ThreadWaiter()
@@ -258,6 +267,7 @@ class FairPool(Pool):
             pool_size=self._size,
             max_overflow=self._max_overflow,
             timeout=self._timeout,
+            max_idle=self._max_idle,
             pre_ping=self._pre_ping,
             recycle=self._recycle,
             echo=self.echo,
@@ -274,6 +284,9 @@ class FairPool(Pool):
             free = [record for record, _ in self._free]
             self._free.clear()
             self._open -= len(free)
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
         for record in free:
             record.close()
         self.logger.info("Pool disposed. %s", self.status())
@@ -321,10 +334,20 @@ class FairAsyncPool(FairPool):
     # deadline comes first, and the timer is set again only when it fires.
     _timed: collections.deque[_TaskWaiter] | None = None
     _timer: asyncio.TimerHandle | None = None
+    _closing: asyncio.Task[None] | None = None  # the idle surplus closing (kept referenced)
 
     def _new_waiter(self) -> Any:
         loop = asyncio.get_running_loop()
         return _TaskWaiter(loop.create_future(), loop.time() + self._timeout)
+
+    def _start_timer(self, delay: float) -> Any:
+        # (Closing is I/O that SQLAlchemy runs in a greenlet, so the timer starts a task.)
+        return asyncio.get_running_loop().call_later(delay, self._spawn_close)
+
+    def _spawn_close(self) -> None:
+        self._closing = asyncio.get_running_loop().create_task(
+            greenlet_spawn(self._close_idle_surplus)
+        )
 
     def _wait(self, waiter: Any) -> Any:
         return await_(self._wait_async(waiter))

@@ -98,6 +98,23 @@ def _recycle(value: object, label: str) -> int:
     return number
 
 
+def _url_list(value: object, label: str) -> tuple[str | URL, ...]:
+    """A list of URLs: a list or tuple, or (an environment variable) separated by commas
+    or spaces. Checked as URLs once the primary's URL is known (``build_settings``).
+
+    Raises:
+        ConfigurationError: ``value`` is none of these.
+    """
+    if isinstance(value, str):
+        return tuple(part for part in value.replace(",", " ").split() if part)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, URL)) for v in value):
+        return tuple(value)
+    raise ConfigurationError(
+        f"{label} must be a list of database URLs (or, in an environment variable, URLs "
+        f"separated by commas), got {mask_url(str(value))!r}"
+    )
+
+
 def _choice(*choices: str) -> Callable[[object, str], str]:
     def parse(value: object, label: str) -> str:
         lowered = value.strip().lower() if isinstance(value, str) else value
@@ -178,6 +195,8 @@ OPTIONS: Mapping[str, _Option] = {
     "pool_timeout": _Option("ATOM_DB_POOL_TIMEOUT", _positive_float, 30.0, 30.0),
     "pool_recycle": _Option("ATOM_DB_POOL_RECYCLE", _recycle, 1800, -1),
     "pool_pre_ping": _Option("ATOM_DB_POOL_PRE_PING", _parse_bool, True, False),
+    # How long a free connection beyond pool_size is kept before a timer closes it.
+    "pool_max_idle": _Option("ATOM_DB_POOL_MAX_IDLE", _positive_float, 10.0, 10.0),
     "echo": _Option("ATOM_DB_ECHO", _parse_bool, False, False),
     "application_name": _Option(
         "ATOM_DB_APPLICATION_NAME", _application_name, "atom_async_db", "atom_async_db"
@@ -200,6 +219,21 @@ OPTIONS: Mapping[str, _Option] = {
     # writers, while a limit would deadlock a route's session and the service it calls.
     "sync_pool_size": _Option("ATOM_DB_SYNC_POOL_SIZE", _int_at_least(1), None, 5),
     "sync_max_overflow": _Option("ATOM_DB_SYNC_MAX_OVERFLOW", _overflow, None, -1),
+    # A connection pooler between the application and PostgreSQL ("pgbouncer", in any pool
+    # mode): no prepared statements that outlive a transaction, and a bounded wait for the
+    # pooler's server connections (see _pooler). Also settable in the URL (?server_pooler=).
+    "server_pooler": _Option("ATOM_DB_SERVER_POOLER", _choice("none", "pgbouncer"), "none", "none"),
+    # Read replicas: sessions opened with replica=True go to one of them (see _replicas);
+    # a replica behind by more than max_replica_lag seconds, or down, is skipped, which
+    # each replica's check (one query, every replica_check_interval at most) tells.
+    "replica_urls": _Option("ATOM_DB_REPLICA_URLS", _url_list, (), ()),
+    "max_replica_lag": _Option("ATOM_DB_MAX_REPLICA_LAG", _positive_float, 5.0, 5.0),
+    "replica_check_interval": _Option(
+        "ATOM_DB_REPLICA_CHECK_INTERVAL", _positive_float, 1.0, 1.0
+    ),
+    # How many processes of this application share the server, for the start-up budget
+    # check (see _budget); unset: WEB_CONCURRENCY, which gunicorn and uvicorn read, else 1.
+    "worker_processes": _Option("ATOM_DB_WORKER_PROCESSES", _int_at_least(1), None, None),
     # What a sync session used on an event loop's thread does: warn, or raise (strict).
     "sync_on_event_loop": _Option(
         "ATOM_DB_SYNC_ON_EVENT_LOOP", _choice("warn", "error"), "warn", "warn"
@@ -264,6 +298,7 @@ class Settings:
     pool_timeout: float
     pool_recycle: int
     pool_pre_ping: bool
+    pool_max_idle: float
     echo: bool
     application_name: str
     cleanup_timeout: float
@@ -274,6 +309,12 @@ class Settings:
     sync_pool_size: int
     sync_max_overflow: int
     sync_on_event_loop: Literal["warn", "error"]
+    server_pooler: Literal["none", "pgbouncer"]
+    replica_urls: tuple[URL, ...]
+    """The async URLs of the read replicas (none: every session goes to ``url``)."""
+    max_replica_lag: float
+    replica_check_interval: float
+    worker_processes: int | None
     session_class: type[Session]
     """The sync class of every session: the legacy API's, and the one under each
     ``AsyncSession`` (``sqlalchemy.orm.Session`` unless the application names its own)."""
@@ -305,12 +346,37 @@ class Settings:
         shown = {
             name: mask_url(value)
             if isinstance(value, URL)
+            else tuple(map(mask_url, value))
+            if name == "replica_urls"
             else mask_mapping(value)
             if isinstance(value, Mapping)
             else value
             for name, value in vars(self).items()
         }
         return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
+
+
+def _replica_urls(urls: tuple[str | URL, ...], dialect: Dialect) -> tuple[URL, ...]:
+    """The replicas' async URLs.
+
+    Raises:
+        ConfigurationError: the database is not PostgreSQL, or a replica URL is invalid or
+            not PostgreSQL.
+    """
+    if dialect != "postgresql":
+        raise ConfigurationError(
+            "replica_urls are for PostgreSQL streaming replicas; this database is SQLite, "
+            "which has none: leave replica_urls unset"
+        )
+    checked = []
+    for raw in urls:
+        async_url, _, replica_dialect, _ = normalise_url(raw)
+        if replica_dialect != "postgresql":
+            raise ConfigurationError(
+                f"replica_urls must be PostgreSQL URLs, got {mask_url(raw)!r}"
+            )
+        checked.append(async_url)
+    return tuple(checked)
 
 
 def _resolve_url(url: str | URL | None, environ: Mapping[str, str]) -> str | URL:
@@ -368,6 +434,21 @@ def build_settings(
             values[name] = option.parse(environ[option.env], option.env)
         else:
             values[name] = getattr(option, dialect)
+    if "server_pooler" in async_url.query:  # ours, not a driver's
+        from_url = async_url.query["server_pooler"]
+        async_url = async_url.difference_update_query(["server_pooler"])
+        sync_url = sync_url.difference_update_query(["server_pooler"])
+        if "server_pooler" not in options and not environ.get("ATOM_DB_SERVER_POOLER"):
+            values["server_pooler"] = OPTIONS["server_pooler"].parse(
+                from_url, "server_pooler in the URL"
+            )
+    if dialect == "sqlite" and values["server_pooler"] != "none":
+        raise ConfigurationError(
+            "server_pooler is for PostgreSQL behind a connection pooler such as PgBouncer; "
+            "this database is SQLite, which runs in the process: leave server_pooler unset"
+        )
+    if values["replica_urls"]:
+        values["replica_urls"] = _replica_urls(values["replica_urls"], dialect)
     if "application_name" in async_url.query:
         # libpq takes it from the URL, asyncpg only from server_settings: move it there.
         from_url = async_url.query["application_name"]

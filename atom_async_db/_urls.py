@@ -17,7 +17,15 @@ from sqlalchemy.exc import ArgumentError
 from ._masking import mask_url
 from .exceptions import ConfigurationError, DriverNotInstalledError
 
-__all__ = ["ACCEPTED_URL_FORMS", "ASYNCPG_SECONDS", "Dialect", "normalise_url"]
+__all__ = [
+    "ACCEPTED_URL_FORMS",
+    "ASYNCPG_COUNTS",
+    "ASYNCPG_SECONDS",
+    "PSYCOPG_ONLY",
+    "Dialect",
+    "normalise_url",
+    "prepare_threshold",
+]
 
 Dialect = Literal["postgresql", "sqlite"]
 
@@ -39,6 +47,18 @@ ACCEPTED_URL_FORMS = (
 _ASYNCPG_QUERY_RENAMES = {"sslmode": "ssl", "connect_timeout": "timeout"}
 #: asyncpg connect() arguments in seconds, which it needs as numbers (a URL gives strings).
 ASYNCPG_SECONDS = ("timeout", "command_timeout")
+#: asyncpg connect() arguments (and SQLAlchemy's asyncpg dialect's) that are counts.
+ASYNCPG_COUNTS = (
+    "statement_cache_size",
+    "prepared_statement_cache_size",
+    "max_cached_statement_lifetime",
+    "max_cacheable_statement_size",
+)
+#: psycopg connect() arguments that are no libpq parameters: the sync engine's alone.
+PSYCOPG_ONLY = ("prepare_threshold",)
+# One URL feeds both drivers, and each rejects the other's parameters (libpq: "invalid
+# connection option"; asyncpg: TypeError): each of these goes to its own driver only.
+_ASYNCPG_ONLY = ("command_timeout", *ASYNCPG_COUNTS)
 
 
 def _unsupported(raw: str | URL, reason: str) -> ConfigurationError:
@@ -161,7 +181,15 @@ def normalise_url(raw: str | URL) -> tuple[URL, URL, Dialect, bool]:
         for name in ASYNCPG_SECONDS:
             if name in async_query:
                 _check_seconds(async_query[name], f"{libpq_names.get(name, name)} in the URL")
-        sync_query = {libpq_names.get(k, k): v for k, v in url.query.items()}
+        for name in ASYNCPG_COUNTS:
+            if name in async_query:
+                _check_count(async_query[name], f"{name} in the URL")
+        if "prepare_threshold" in url.query:
+            prepare_threshold(url.query["prepare_threshold"])
+        async_query = {k: v for k, v in async_query.items() if k not in PSYCOPG_ONLY}
+        sync_query = {
+            libpq_names.get(k, k): v for k, v in url.query.items() if k not in _ASYNCPG_ONLY
+        }
         return (
             url.set(drivername="postgresql+asyncpg", query=async_query),
             url.set(drivername=f"postgresql+{_POSTGRES_DRIVERS[driver]}", query=sync_query),
@@ -208,3 +236,25 @@ def _check_seconds(value: object, label: str) -> None:
         number = float(value)  # type: ignore[arg-type]
     if number is None:
         raise ConfigurationError(f"{label} must be a number of seconds, got {value!r}")
+
+
+def _check_count(value: object, label: str) -> None:
+    if not (isinstance(value, str) and value.strip().isdigit()):
+        raise ConfigurationError(f"{label} must be a whole number >= 0, got {value!r}")
+
+
+def prepare_threshold(value: object) -> int | None:
+    """Psycopg's ``prepare_threshold`` from a URL: a whole number, or ``none`` (never
+    prepare).
+
+    Raises:
+        ConfigurationError: it is neither.
+    """
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text in {"none", ""}:
+        return None
+    if text is None or not text.isdigit():
+        raise ConfigurationError(
+            f"prepare_threshold in the URL must be a whole number >= 0 or 'none', got {value!r}"
+        )
+    return int(text)

@@ -25,9 +25,15 @@ from typing import Annotated, Any
 from fastapi import Depends
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ._default import dispose, get_async_db, get_async_db_transaction, restart_if_disposed
+from ._default import (
+    dispose,
+    get_async_db,
+    get_async_db_replica,
+    get_async_db_transaction,
+    restart_if_disposed,
+)
 
-__all__ = ["AsyncDB", "AsyncTransaction", "lifespan"]
+__all__ = ["AsyncDB", "AsyncReplicaDB", "AsyncTransaction", "lifespan"]
 
 AsyncDB = Annotated[AsyncSession, Depends(get_async_db, scope="function")]
 """A route parameter annotated ``db: AsyncDB`` receives the request's session (the route
@@ -37,6 +43,11 @@ task, open sessions of their own instead of joining one that is about to be roll
 (``Depends(get_async_db)`` without ``scope="function"`` keeps it open until after the
 response: a ``get_async_db_session()`` in a background task would then join it, and its
 work would be rolled back with it.)"""
+
+AsyncReplicaDB = Annotated[AsyncSession, Depends(get_async_db_replica, scope="function")]
+"""A route parameter annotated ``db: AsyncReplicaDB`` receives a session for read-only
+work, on a read replica when one is usable (``replica_urls``; see
+:func:`atom_async_db.get_async_db_replica`), ended when the route returns."""
 
 AsyncTransaction = Annotated[AsyncSession, Depends(get_async_db_transaction, scope="function")]
 """A route parameter annotated ``db: AsyncTransaction`` receives a session whose

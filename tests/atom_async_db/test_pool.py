@@ -15,9 +15,8 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
 
 from atom_async_db import Database, PoolTimeoutError
-from atom_async_db import _pool as pool_module
 from benchmarks._stacks import Counters
-from tests.helpers import assert_no_leaks
+from tests.helpers import assert_no_leaks, our_backends
 
 
 async def until(condition: Callable[[], bool]) -> None:
@@ -143,8 +142,10 @@ async def test_each_waiter_times_out_at_its_own_deadline_and_a_served_one_never(
     await assert_no_leaks(database)
 
 
-async def test_overflow_connections_stay_open_while_needed(make_default: Any) -> None:
-    database = await make_default(pool_size=2, max_overflow=3)
+async def test_overflow_connections_stay_open_while_needed_and_close_when_idle(
+    make_default: Any, backend: str
+) -> None:
+    database = await make_default(pool_size=2, max_overflow=3, pool_max_idle=1.0)
     size = database.engine.pool.size() + database.engine.pool._max_overflow  # type: ignore[attr-defined]
     opened: list[object] = []
     event.listen(database.engine.sync_engine, "connect", lambda *_: opened.append(1))
@@ -164,16 +165,33 @@ async def test_overflow_connections_stay_open_while_needed(make_default: Any) ->
         await asyncio.gather(*tasks)
     assert already + len(opened) == size  # SQLAlchemy's pool: 3 more in each of 30 rounds
     assert database.engine.pool.checkedin() == size
-    # Once idle for OVERFLOW_IDLE, the surplus is closed, one connection per return.
-    pool_module.OVERFLOW_IDLE = 0.0
-    try:
-        for closed in range(size - database.engine.pool.size()):
-            async with database.get_async_db_session() as session:
-                await session.connection()
-            assert database.engine.pool.checkedin() == size - closed - 1
-    finally:
-        pool_module.OVERFLOW_IDLE = 10.0
-    assert database.engine.pool.checkedin() == database.engine.pool.size()
+    if size == database.engine.pool.size():
+        return  # (in-memory SQLite: one connection, no overflow)
+    # Once idle for pool_max_idle, the pool's timer closes the surplus: no traffic needed.
+    await until(lambda: database.engine.pool.checkedin() < size)
+    await until(lambda: database.engine.pool.checkedin() == database.engine.pool.size())
+    await database.engine.pool._closing  # type: ignore[attr-defined]  # the closing's I/O
+    if backend == "postgres":
+        assert len(await our_backends(database.url)) == database.engine.pool.size()
+    await assert_no_leaks(database)
+
+
+async def test_the_sync_pool_closes_its_idle_surplus_too(make_default: Any) -> None:
+    database = await make_default(sync_pool_size=2, sync_max_overflow=4, pool_max_idle=0.5)
+    engine = database.sync_engine
+    start = threading.Barrier(6)
+
+    def client() -> None:
+        with engine.connect() as connection:
+            start.wait()  # all six hold one at once
+            connection.exec_driver_sql("select 1")
+
+    workers = [threading.Thread(target=client) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    await asyncio.to_thread(lambda: [worker.join() for worker in workers])
+    assert engine.pool.checkedin() == 6
+    await until(lambda: engine.pool.checkedin() == 2)
     await assert_no_leaks(database)
 
 

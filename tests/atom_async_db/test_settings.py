@@ -71,6 +71,13 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             "postgresql+asyncpg://u@h/db?ssl=require",
             "postgresql+psycopg://u@h/db?sslmode=require",
         ),
+        (  # each driver's own parameters go to that driver alone
+            "postgresql://u@h/db?statement_cache_size=0&prepare_threshold=none"
+            "&prepared_statement_cache_size=0&command_timeout=5&sslmode=require",
+            "postgresql+asyncpg://u@h/db?command_timeout=5&prepared_statement_cache_size=0"
+            "&ssl=require&statement_cache_size=0",
+            "postgresql+psycopg://u@h/db?prepare_threshold=none&sslmode=require",
+        ),
         (
             "sqlite+aiosqlite:////srv/app.db",
             "sqlite+aiosqlite:////srv/app.db",
@@ -173,6 +180,35 @@ def test_non_string_url_is_rejected() -> None:
 def test_url_timeouts_must_be_numbers() -> None:
     with pytest.raises(ConfigurationError, match="connect_timeout in the URL must be a number"):
         Database("postgresql://u@h/db?connect_timeout=soon")
+
+
+@pytest.mark.parametrize(
+    ("query", "complaint"),
+    [
+        ("statement_cache_size=off", "statement_cache_size in the URL must be a whole number"),
+        ("prepare_threshold=-1", "prepare_threshold in the URL must be a whole number >= 0 or"),
+        ("server_pooler=pgbouncr", "server_pooler in the URL must be one of 'none', 'pgbouncer'"),
+    ],
+)
+def test_driver_parameters_in_the_url_are_checked(query: str, complaint: str) -> None:
+    with pytest.raises(ConfigurationError, match=complaint):
+        Database(f"postgresql://u:s3cret@h/db?{query}")
+
+
+def test_server_pooler_from_the_url_environment_or_keyword(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = build_settings("postgresql://u@h/db?server_pooler=pgbouncer", environ={})
+    assert settings.server_pooler == "pgbouncer"
+    assert "server_pooler" not in settings.url.query
+    assert "server_pooler" not in settings.sync_url.query
+    environ = {"ATOM_DB_SERVER_POOLER": "PgBouncer"}
+    assert build_settings("postgresql://u@h/db", environ=environ).server_pooler == "pgbouncer"
+    assert build_settings("postgresql://u@h/db", environ={}).server_pooler == "none"
+    explicit = build_settings("postgresql://u@h/db?server_pooler=pgbouncer", server_pooler="none")
+    assert explicit.server_pooler == "none"
+    with pytest.raises(ConfigurationError, match="this database is SQLite"):
+        Database("sqlite://", server_pooler="pgbouncer")
 
 
 def test_missing_driver_names_the_extra_to_install() -> None:

@@ -1,0 +1,244 @@
+"""Start-up checks on a PostgreSQL database's first connection: a pooler that answers
+unannounced, and this application's connection budget against the server's limits.
+
+Each process of an application has its own pools: at most ``pool_size + max_overflow``
+connections per event loop, plus the legacy layer's ``sync_pool_size +
+sync_max_overflow`` once sync code uses it. Four workers of the defaults may open 200 async
+connections, where PostgreSQL accepts ``max_connections`` (100 by default) less
+``superuser_reserved_connections``: the first burst then ends in "sorry, too many clients
+already". The check warns once, with the arithmetic, when the processes cannot all fit,
+counting each pool from its first connection (the sync pool of an async application is
+never opened). The number of processes is ``worker_processes``, else ``WEB_CONCURRENCY``
+(which gunicorn and uvicorn read), else 1.
+
+Behind PgBouncer (``server_pooler``) the limits that matter are PgBouncer's, read from its
+admin console (``SHOW CONFIG``, which needs the user in its ``admin_users`` or
+``stats_users``): ``max_client_conn`` for every process's connections, and in session
+mode ``default_pool_size`` for each one's, since each connection then holds a server
+connection for as long as it is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import await_
+
+from ._settings import Settings
+
+logger = logging.getLogger("atom_async_db")
+
+__all__ = ["StartupCheck"]
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the first connection learnt: the server's limits, or PgBouncer's."""
+
+    max_connections: int
+    reserved: int
+    pgbouncer: dict[str, str] | None = None  # SHOW CONFIG, when it could be read
+
+
+def _per_process(settings: Settings, kinds: set[str]) -> tuple[int, str]:
+    """Connections one process may open on the pools in use (``kinds``), and the sum."""
+    parts = []
+    if "async" in kinds:
+        unlimited = settings.max_overflow == -1
+        parts.append((settings.pool_size + (0 if unlimited else settings.max_overflow), "async"))
+    if "sync" in kinds and settings.sync_max_overflow != -1:
+        parts.append((settings.sync_pool_size + settings.sync_max_overflow, "sync"))
+    return sum(n for n, _ in parts), " + ".join(f"{n} {kind}" for n, kind in parts)
+
+
+def _workers(settings: Settings) -> tuple[int, str]:
+    if settings.worker_processes is not None:
+        return settings.worker_processes, "worker_processes"
+    text = os.environ.get("WEB_CONCURRENCY", "").strip()
+    return (int(text), "WEB_CONCURRENCY") if text.isdigit() and int(text) else (1, "default")
+
+
+class StartupCheck:
+    """The checks of one database: on the first connection of its async engines and of
+    its sync engine, each pool counted from the moment it is in use.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._facts: _Facts | None = None
+        self._kinds: set[str] = set()
+        self._warned = settings.dialect != "postgresql"
+
+    def install(self, engine: AsyncEngine) -> AsyncEngine:
+        """Check on ``engine``'s first connection, unless an async engine did."""
+        if not self._warned and "async" not in self._kinds:
+            event.listen(engine.sync_engine, "connect", self._on_async_connect, once=True)
+        return engine
+
+    def install_sync(self, engine: Engine) -> Engine:
+        """Check on the sync engine's first connection."""
+        if not self._warned:
+            event.listen(engine, "connect", self._on_sync_connect, once=True)
+        return engine
+
+    def _on_async_connect(self, dbapi_connection: Any, _record: Any) -> None:
+        if "async" in self._kinds:
+            return
+        self._kinds.add("async")
+        driver = dbapi_connection.driver_connection
+        driver = getattr(driver, "_atom_target", driver)  # (a fresh connection: no guard)
+        try:
+            if self._facts is None:
+                self._facts = await_(self._async_facts(driver))
+            self._evaluate()
+        except Exception as error:  # a check must never cost the application its connection
+            logger.info("the start-up checks could not run (%r)", error)
+
+    def _on_sync_connect(self, dbapi_connection: Any, _record: Any) -> None:
+        self._kinds.add("sync")
+        try:
+            if self._facts is None:
+                self._facts = self._sync_facts(dbapi_connection)
+            self._evaluate()
+        except Exception as error:
+            logger.info("the start-up checks could not run (%r)", error)
+
+    async def _async_facts(self, driver: Any) -> _Facts:
+        # In a transaction, which a pooler keeps on one server connection, and unnamed, so
+        # that nothing is left prepared on that server connection for another client.
+        async with driver.transaction():
+            statement = await driver.prepare(_FACTS_QUERY, name="")
+            pid, max_connections, reserved = await statement.fetchrow()
+        if self._settings.server_pooler == "none":
+            if pid != driver.get_server_pid():
+                _warn_pooler(driver.get_server_pid(), pid)
+            return _Facts(max_connections, reserved)
+        config = await asyncio.to_thread(_pgbouncer_config, self._settings)
+        return _Facts(max_connections, reserved, config)
+
+    def _sync_facts(self, dbapi_connection: Any) -> _Facts:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(_FACTS_QUERY)
+            pid, max_connections, reserved = cursor.fetchone()
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()  # (psycopg began a transaction for it)
+        if self._settings.server_pooler == "none":
+            announced = getattr(getattr(dbapi_connection, "info", None), "backend_pid", pid)
+            if pid != announced:
+                _warn_pooler(announced, pid)
+            return _Facts(max_connections, reserved)
+        return _Facts(max_connections, reserved, _pgbouncer_config(self._settings))
+
+    def _evaluate(self) -> None:
+        facts, settings = self._facts, self._settings
+        if facts is None or self._warned:
+            return
+        per_process, parts = _per_process(settings, self._kinds)
+        workers, source = _workers(settings)
+        total = workers * per_process
+        arithmetic = (
+            f"{workers} worker process{'es' if workers > 1 else ''} ({source}) x "
+            f"({parts} per process) = {total} connections at most"
+        )
+        server = _server(settings)
+        if settings.server_pooler == "none":
+            allowed = facts.max_connections - facts.reserved
+            if total > allowed:
+                self._warn(
+                    f"connection budget: {arithmetic}, but the server at {server} accepts "
+                    f"{allowed} (max_connections {facts.max_connections} - "
+                    f"superuser_reserved_connections {facts.reserved}): under load some will "
+                    "fail with 'too many clients already'. Lower pool_size and max_overflow "
+                    "(and sync_pool_size, sync_max_overflow), raise max_connections, or put "
+                    "PgBouncer in front (server_pooler='pgbouncer')."
+                )
+            return
+        config = facts.pgbouncer
+        if config is None:
+            return
+        clients = int(config.get("max_client_conn", "0"))
+        if total > clients:
+            self._warn(
+                f"connection budget: {arithmetic}, but PgBouncer at {server} accepts "
+                f"{clients} clients (max_client_conn): past that, connections are refused. "
+                "Lower pool_size and max_overflow, or raise max_client_conn."
+            )
+        pool = int(config.get("default_pool_size", "0"))
+        if config.get("pool_mode") == "session" and total > pool:
+            self._warn(
+                f"connection budget: {arithmetic}, but PgBouncer at {server} pools in "
+                f"session mode with default_pool_size {pool}: each connection holds a "
+                "server connection for as long as it is open, so those past "
+                f"{pool} wait for one until pool_timeout (PoolTimeoutError). Make "
+                f"pool_size + max_overflow, times the processes, at most {pool}, or use "
+                "pool_mode = transaction."
+            )
+
+    def _warn(self, message: str) -> None:
+        self._warned = True
+        logger.warning("%s", message)
+
+
+_FACTS_QUERY = (
+    "SELECT pg_backend_pid(), current_setting('max_connections')::int, "
+    "current_setting('superuser_reserved_connections')::int"
+)
+
+
+def _warn_pooler(announced: int, actual: int) -> None:
+    logger.warning(
+        "the database server answered as a connection pooler does (PgBouncer or another: "
+        "the process id it announced at login, %s, is not the session's, %s). In "
+        "transaction mode, prepared statements fail there, and psycopg's can silently "
+        "return another statement's rows: set server_pooler='pgbouncer' "
+        "(ATOM_DB_SERVER_POOLER=pgbouncer, or ?server_pooler=pgbouncer in the URL).",
+        announced,
+        actual,
+    )
+
+
+def _server(settings: Settings) -> str:
+    url = settings.url
+    return f"{url.host or 'localhost'}:{url.port or 5432}"
+
+
+def _pgbouncer_config(settings: Settings) -> dict[str, str] | None:
+    """PgBouncer's ``SHOW CONFIG`` (its admin console takes the simple protocol only,
+    which psycopg's client-side cursors speak), or None when it cannot be read.
+    """
+    try:
+        import psycopg
+    except ImportError:
+        logger.info("PgBouncer's limits were not checked: psycopg is not installed")
+        return None
+    url = settings.url
+    try:
+        with psycopg.connect(
+            host=url.host or "localhost",
+            port=url.port or 5432,
+            user=url.username or "",
+            password=url.password or "",
+            dbname="pgbouncer",
+            autocommit=True,
+            connect_timeout=max(2, int(settings.connect_timeout)),
+            cursor_factory=psycopg.ClientCursor,
+        ) as connection:
+            rows = connection.execute("SHOW CONFIG").fetchall()
+    except Exception as error:
+        logger.info(
+            "PgBouncer's limits were not checked: its admin console (database 'pgbouncer', "
+            "SHOW CONFIG) refused this user, who would need to be in its admin_users or "
+            "stats_users (%s)",
+            type(error).__name__,
+        )
+        return None
+    return {str(row[0]): str(row[1]) for row in rows}
