@@ -58,12 +58,16 @@ class Database:
         engine_options: extra ``create_async_engine()`` keywords, for what the named
             options do not cover. An ``async_creator`` of your own replaces our connect
             step: the cancellation guard and ``application_name`` are then not applied.
+            A ``poolclass`` of your own (``NullPool`` behind PgBouncer) replaces our pool
+            and its sizes.
         **options: ``pool_size``, ``max_overflow``, ``pool_timeout``, ``pool_recycle``,
-            ``pool_pre_ping``, ``echo``, ``application_name``, ``cleanup_timeout``,
-            ``drain_timeout``,
-            ``cancel_grace``, ``sqlite_busy_timeout``, and for the legacy layer ``sync_pool_size``,
-            ``sync_max_overflow``, ``sync_on_event_loop``; each also settable by
-            environment (see the README).
+            ``pool_pre_ping``, ``pool_max_idle``, ``echo``, ``application_name``,
+            ``cleanup_timeout``, ``drain_timeout``, ``cancel_grace``,
+            ``sqlite_busy_timeout``, ``sqlite_loop_limit``, ``server_pooler``,
+            ``replica_urls``, ``max_replica_lag``, ``replica_check_interval``,
+            ``worker_processes``, the session classes, and for the legacy layer
+            ``sync_pool_size``, ``sync_max_overflow``, ``sync_on_event_loop``; each also
+            settable by environment (see the README).
 
     Raises:
         ConfigurationError: the URL or an option is invalid (the message says which).
@@ -174,8 +178,7 @@ class Database:
         if replica and self._replicas is not None:
             if independent:
                 raise ConfigurationError(
-                    "a replica=True session is a session of its own already; drop "
-                    "independent=True"
+                    "a replica=True session is a session of its own already; drop independent=True"
                 )
             return ReplicaScope(
                 self.get_async_db_session,
@@ -208,6 +211,9 @@ class Database:
     def replica_status(self) -> tuple[ReplicaStatus, ...]:
         """What the last check of each replica (``replica_urls``) found: whether sessions go
         to it, how far behind it was and, when skipped, why; empty without replicas.
+
+        Raises:
+            Nothing: it reads what the checks recorded, without I/O.
         """
         return () if self._replicas is None else self._replicas.status()
 

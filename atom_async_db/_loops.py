@@ -109,8 +109,11 @@ class LoopEngines:
                 closing = entry.closing
             if not loop.is_closed() and os.getpid() == pid:
                 try:
-                    if closing:  # sessions still out close their connections as they end
-                        engine.sync_engine.pool.close()  # type: ignore[attr-defined]
+                    # Sessions still out close their connections as they end (an
+                    # application's NullPool closes every connection as it comes back).
+                    close = getattr(engine.sync_engine.pool, "close", None)
+                    if closing and close is not None:
+                        close()
                     if closing or await _wait_until_idle(engine, self._dispose_timeout):
                         await asyncio.wait_for(engine.dispose(), self._dispose_timeout)
                     else:

@@ -116,7 +116,8 @@ def _within(limit: float, driver: Any, trip: Any) -> None:
     def expire() -> None:
         nonlocal expired
         expired = True
-        driver._atom_target.terminate()  # no I/O: the pooler drops the waiting client
+        # No I/O: closing the socket takes the client out of the pooler's queue.
+        getattr(driver, "_atom_target", driver).terminate()
 
     timer = asyncio.get_running_loop().call_later(limit, expire)
     try:

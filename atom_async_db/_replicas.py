@@ -139,8 +139,7 @@ class Replicas:
     def status(self) -> tuple[ReplicaStatus, ...]:
         """Each replica's state, as its last check found it."""
         return tuple(
-            ReplicaStatus(r.server, r.usable, r.lag, r.reason, r.checked_at)
-            for r in self._replicas
+            ReplicaStatus(r.server, r.usable, r.lag, r.reason, r.checked_at) for r in self._replicas
         )
 
     async def choose(self) -> _Replica | None:

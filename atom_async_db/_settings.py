@@ -7,7 +7,6 @@ Precedence: explicit keyword > environment variable > per-dialect default.
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -21,6 +20,18 @@ from sqlalchemy.orm import Session
 
 from ._masking import mask_mapping, mask_url
 from ._urls import ACCEPTED_URL_FORMS, ASYNCPG_SECONDS, Dialect, normalise_url
+from ._values import (
+    application_name,
+    choice,
+    class_option,
+    int_at_least,
+    non_negative_float,
+    overflow,
+    parse_bool,
+    positive_float,
+    recycle,
+    url_list,
+)
 from .exceptions import ConfigurationError, EmbeddedDatabaseError
 
 logger = logging.getLogger("atom_async_db")
@@ -40,142 +51,6 @@ __all__ = [
 # --------------------------------------------------------------------------- options
 
 
-def _parse_bool(value: object, label: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in {"1", "true", "yes", "on"}:
-            return True
-        if lowered in {"0", "false", "no", "off", ""}:
-            return False
-    raise ConfigurationError(f"{label} must be a boolean (true/false, 1/0, yes/no), got {value!r}")
-
-
-def _number(value: object, label: str, kind: type[int] | type[float], expectation: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigurationError(f"{label} must be {expectation}, got {value!r}")
-    try:
-        number = kind(value.strip() if isinstance(value, str) else value)
-    except ValueError:
-        raise ConfigurationError(f"{label} must be {expectation}, got {value!r}") from None
-    if kind is int and isinstance(value, float) and number != value:
-        raise ConfigurationError(f"{label} must be {expectation}, got {value!r}")
-    return number
-
-
-def _int_at_least(minimum: int) -> Callable[[object, str], int]:
-    expectation = f"a whole number >= {minimum}"
-
-    def parse(value: object, label: str) -> int:
-        number = int(_number(value, label, int, expectation))
-        if number < minimum:
-            raise ConfigurationError(f"{label} must be {expectation}, got {value!r}")
-        return number
-
-    return parse
-
-
-def _positive_float(value: object, label: str) -> float:
-    number = _number(value, label, float, "a number of seconds > 0")
-    if not number > 0:
-        raise ConfigurationError(f"{label} must be a number of seconds > 0, got {value!r}")
-    return number
-
-
-def _non_negative_float(value: object, label: str) -> float:
-    number = _number(value, label, float, "a number of seconds >= 0")
-    if not number >= 0:
-        raise ConfigurationError(f"{label} must be a number of seconds >= 0, got {value!r}")
-    return number
-
-
-def _recycle(value: object, label: str) -> int:
-    expectation = "a whole number of seconds >= 1, or -1 to never recycle"
-    number = int(_number(value, label, int, expectation))
-    if number != -1 and number < 1:
-        raise ConfigurationError(f"{label} must be {expectation}, got {value!r}")
-    return number
-
-
-def _url_list(value: object, label: str) -> tuple[str | URL, ...]:
-    """A list of URLs: a list or tuple, or (an environment variable) separated by commas
-    or spaces. Checked as URLs once the primary's URL is known (``build_settings``).
-
-    Raises:
-        ConfigurationError: ``value`` is none of these.
-    """
-    if isinstance(value, str):
-        return tuple(part for part in value.replace(",", " ").split() if part)
-    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, URL)) for v in value):
-        return tuple(value)
-    raise ConfigurationError(
-        f"{label} must be a list of database URLs (or, in an environment variable, URLs "
-        f"separated by commas), got {mask_url(str(value))!r}"
-    )
-
-
-def _choice(*choices: str) -> Callable[[object, str], str]:
-    def parse(value: object, label: str) -> str:
-        lowered = value.strip().lower() if isinstance(value, str) else value
-        if lowered not in choices:
-            raise ConfigurationError(
-                f"{label} must be one of {', '.join(map(repr, choices))}, got {value!r}"
-            )
-        return str(lowered)
-
-    return parse
-
-
-def _overflow(value: object, label: str) -> int:
-    expectation = "a whole number >= 0, or -1 for no limit"
-    number = int(_number(value, label, int, expectation))
-    if number < -1:
-        raise ConfigurationError(f"{label} must be {expectation}, got {value!r}")
-    return number
-
-
-def _application_name(value: object, label: str) -> str:
-    if not isinstance(value, str) or not value or len(value.encode()) > 63:
-        raise ConfigurationError(
-            f"{label} must be a non-empty string of at most 63 bytes, got {value!r}"
-        )
-    return value
-
-
-def _class_option(base: type, example: str) -> Callable[[object, str], type]:
-    """A parser for a class option: a subclass of ``base``, or its import path as
-    ``"package.module:Name"`` (how an environment variable names it).
-    """
-    expectation = f"a subclass of {base.__module__}.{base.__qualname__} (such as {example})"
-
-    def parse(value: object, label: str) -> type:
-        if isinstance(value, str):
-            value = _import_class(value.strip(), label, expectation)
-        if not isinstance(value, type) or not issubclass(value, base):
-            raise ConfigurationError(f"{label} must be {expectation}, got {value!r}")
-        return value
-
-    return parse
-
-
-def _import_class(path: str, label: str, expectation: str) -> object:
-    module_name, _, name = path.partition(":")
-    if not module_name or not name:
-        raise ConfigurationError(
-            f"{label} must be {expectation}, or its import path as 'package.module:Name', "
-            f"got {path!r}"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ConfigurationError(f"{label}: cannot import {module_name!r} ({error})") from None
-    try:
-        return getattr(module, name)
-    except AttributeError:
-        raise ConfigurationError(f"{label}: {module_name!r} has no {name!r}") from None
-
-
 @dataclass(frozen=True)
 class _Option:
     env: str
@@ -190,61 +65,59 @@ OPTIONS: Mapping[str, _Option] = {
     # one connection per loop queues sessions in order; more connections only poll the
     # lock in SQLite's busy handler: same throughput, p99 wait twice the ideal queueing wait
     # instead of 1.2-1.4 times (benchmarks/README.md, ours against ours_pool5).
-    "pool_size": _Option("ATOM_DB_POOL_SIZE", _int_at_least(1), 20, 1),
-    "max_overflow": _Option("ATOM_DB_MAX_OVERFLOW", _overflow, 30, 0),
-    "pool_timeout": _Option("ATOM_DB_POOL_TIMEOUT", _positive_float, 30.0, 30.0),
-    "pool_recycle": _Option("ATOM_DB_POOL_RECYCLE", _recycle, 1800, -1),
-    "pool_pre_ping": _Option("ATOM_DB_POOL_PRE_PING", _parse_bool, True, False),
+    "pool_size": _Option("ATOM_DB_POOL_SIZE", int_at_least(1), 20, 1),
+    "max_overflow": _Option("ATOM_DB_MAX_OVERFLOW", overflow, 30, 0),
+    "pool_timeout": _Option("ATOM_DB_POOL_TIMEOUT", positive_float, 30.0, 30.0),
+    "pool_recycle": _Option("ATOM_DB_POOL_RECYCLE", recycle, 1800, -1),
+    "pool_pre_ping": _Option("ATOM_DB_POOL_PRE_PING", parse_bool, True, False),
     # How long a free connection beyond pool_size is kept before a timer closes it.
-    "pool_max_idle": _Option("ATOM_DB_POOL_MAX_IDLE", _positive_float, 10.0, 10.0),
-    "echo": _Option("ATOM_DB_ECHO", _parse_bool, False, False),
+    "pool_max_idle": _Option("ATOM_DB_POOL_MAX_IDLE", positive_float, 10.0, 10.0),
+    "echo": _Option("ATOM_DB_ECHO", parse_bool, False, False),
     "application_name": _Option(
-        "ATOM_DB_APPLICATION_NAME", _application_name, "atom_async_db", "atom_async_db"
+        "ATOM_DB_APPLICATION_NAME", application_name, "atom_async_db", "atom_async_db"
     ),
-    "cleanup_timeout": _Option("ATOM_DB_CLEANUP_TIMEOUT", _positive_float, 5.0, 5.0),
+    "cleanup_timeout": _Option("ATOM_DB_CLEANUP_TIMEOUT", positive_float, 5.0, 5.0),
     # How long dispose() waits for the sessions open when it starts before it stops them:
     # within the 30 s an orchestrator gives by default between SIGTERM and SIGKILL, after
     # the server's own wait for its requests.
-    "drain_timeout": _Option("ATOM_DB_DRAIN_TIMEOUT", _non_negative_float, 10.0, 10.0),
+    "drain_timeout": _Option("ATOM_DB_DRAIN_TIMEOUT", non_negative_float, 10.0, 10.0),
     # How long a driver call that a cancellation interrupted may still run so that its
     # connection can be kept (see _cancel); past it, the call is cancelled on the server.
-    "cancel_grace": _Option("ATOM_DB_CANCEL_GRACE", _non_negative_float, 0.5, 0.5),
-    "sqlite_busy_timeout": _Option("ATOM_DB_SQLITE_BUSY_TIMEOUT", _positive_float, 30.0, 30.0),
+    "cancel_grace": _Option("ATOM_DB_CANCEL_GRACE", non_negative_float, 0.5, 0.5),
+    "sqlite_busy_timeout": _Option("ATOM_DB_SQLITE_BUSY_TIMEOUT", positive_float, 30.0, 30.0),
     # How long a SQLite read may hold the event loop's thread before it moves to the
     # connection's thread (see _sqlite_here); 0 sends every statement there.
-    "sqlite_loop_limit": _Option("ATOM_DB_SQLITE_LOOP_LIMIT", _non_negative_float, 0.005, 0.005),
+    "sqlite_loop_limit": _Option("ATOM_DB_SQLITE_LOOP_LIMIT", non_negative_float, 0.005, 0.005),
     # The legacy layer's sync engine (threads, scripts, `def` routes) has a pool of its own,
     # on PostgreSQL sized like the async pool unless set (None). On SQLite it has no limit:
     # its reads take no lock there (see _engine) and the write lock, not the pool, queues
     # writers, while a limit would deadlock a route's session and the service it calls.
-    "sync_pool_size": _Option("ATOM_DB_SYNC_POOL_SIZE", _int_at_least(1), None, 5),
-    "sync_max_overflow": _Option("ATOM_DB_SYNC_MAX_OVERFLOW", _overflow, None, -1),
+    "sync_pool_size": _Option("ATOM_DB_SYNC_POOL_SIZE", int_at_least(1), None, 5),
+    "sync_max_overflow": _Option("ATOM_DB_SYNC_MAX_OVERFLOW", overflow, None, -1),
     # A connection pooler between the application and PostgreSQL ("pgbouncer", in any pool
     # mode): no prepared statements that outlive a transaction, and a bounded wait for the
     # pooler's server connections (see _pooler). Also settable in the URL (?server_pooler=).
-    "server_pooler": _Option("ATOM_DB_SERVER_POOLER", _choice("none", "pgbouncer"), "none", "none"),
+    "server_pooler": _Option("ATOM_DB_SERVER_POOLER", choice("none", "pgbouncer"), "none", "none"),
     # Read replicas: sessions opened with replica=True go to one of them (see _replicas);
     # a replica behind by more than max_replica_lag seconds, or down, is skipped, which
     # each replica's check (one query, every replica_check_interval at most) tells.
-    "replica_urls": _Option("ATOM_DB_REPLICA_URLS", _url_list, (), ()),
-    "max_replica_lag": _Option("ATOM_DB_MAX_REPLICA_LAG", _positive_float, 5.0, 5.0),
-    "replica_check_interval": _Option(
-        "ATOM_DB_REPLICA_CHECK_INTERVAL", _positive_float, 1.0, 1.0
-    ),
+    "replica_urls": _Option("ATOM_DB_REPLICA_URLS", url_list, (), ()),
+    "max_replica_lag": _Option("ATOM_DB_MAX_REPLICA_LAG", positive_float, 5.0, 5.0),
+    "replica_check_interval": _Option("ATOM_DB_REPLICA_CHECK_INTERVAL", positive_float, 1.0, 1.0),
     # How many processes of this application share the server, for the start-up budget
     # check (see _budget); unset: WEB_CONCURRENCY, which gunicorn and uvicorn read, else 1.
-    "worker_processes": _Option("ATOM_DB_WORKER_PROCESSES", _int_at_least(1), None, None),
+    "worker_processes": _Option("ATOM_DB_WORKER_PROCESSES", int_at_least(1), None, None),
     # What a sync session used on an event loop's thread does: warn, or raise (strict).
     "sync_on_event_loop": _Option(
-        "ATOM_DB_SYNC_ON_EVENT_LOOP", _choice("warn", "error"), "warn", "warn"
+        "ATOM_DB_SYNC_ON_EVENT_LOOP", choice("warn", "error"), "warn", "warn"
     ),
     # The application's own session classes (SQLModel's), which ours are composed with.
     "session_class": _Option(
-        "ATOM_DB_SESSION_CLASS", _class_option(Session, "sqlmodel.Session"), None, None
+        "ATOM_DB_SESSION_CLASS", class_option(Session, "sqlmodel.Session"), None, None
     ),
     "async_session_class": _Option(
         "ATOM_DB_ASYNC_SESSION_CLASS",
-        _class_option(AsyncSession, "sqlmodel.ext.asyncio.session.AsyncSession"),
+        class_option(AsyncSession, "sqlmodel.ext.asyncio.session.AsyncSession"),
         None,
         None,
     ),
@@ -372,9 +245,7 @@ def _replica_urls(urls: tuple[str | URL, ...], dialect: Dialect) -> tuple[URL, .
     for raw in urls:
         async_url, _, replica_dialect, _ = normalise_url(raw)
         if replica_dialect != "postgresql":
-            raise ConfigurationError(
-                f"replica_urls must be PostgreSQL URLs, got {mask_url(raw)!r}"
-            )
+            raise ConfigurationError(f"replica_urls must be PostgreSQL URLs, got {mask_url(raw)!r}")
         checked.append(async_url)
     return tuple(checked)
 
@@ -386,7 +257,7 @@ def _resolve_url(url: str | URL | None, environ: Mapping[str, str]) -> str | URL
     if from_env:
         return from_env
     path = Path.cwd() / EMBEDDED_DATABASE_FILENAME
-    if _parse_bool(environ.get("ATOM_DB_REQUIRE_URL", ""), "ATOM_DB_REQUIRE_URL"):
+    if parse_bool(environ.get("ATOM_DB_REQUIRE_URL", ""), "ATOM_DB_REQUIRE_URL"):
         raise EmbeddedDatabaseError(
             "DATABASE_URL is not set and ATOM_DB_REQUIRE_URL forbids the embedded SQLite "
             f"fallback; set DATABASE_URL (accepted forms: {ACCEPTED_URL_FORMS})"
@@ -455,7 +326,7 @@ def build_settings(
         async_url = async_url.difference_update_query(["application_name"])
         sync_url = sync_url.difference_update_query(["application_name"])
         if "application_name" not in options and not environ.get("ATOM_DB_APPLICATION_NAME"):
-            values["application_name"] = _application_name(from_url, "application_name in the URL")
+            values["application_name"] = application_name(from_url, "application_name in the URL")
     values["session_class"], values["async_session_class"] = _session_classes(
         values["session_class"], values["async_session_class"]
     )

@@ -1,5 +1,7 @@
 """The HTTP benchmark's application: the same routes on each stack compared, chosen by the
 environment (``BENCH_STACK``, ``BENCH_URL``), served by uvicorn in its own process.
+``BENCH_POOL=null`` gives the atom_async_db stacks SQLAlchemy's ``NullPool`` (the
+scale-out benchmark's PgBouncer case; the other options come from ``ATOM_DB_*``).
 
 - ``plain``: the FastAPI tutorial's hand-written dependency: ``async_sessionmaker`` with
   ``expire_on_commit=False`` on an engine with a pool of 20 + 30 (SQLAlchemy's defaults on
@@ -22,6 +24,7 @@ from fastapi import Depends, FastAPI, HTTPException
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 import atom_async_db
 from atom_async_db._settings import build_settings
@@ -82,7 +85,13 @@ def build(stack: str, url: str) -> FastAPI:
         app = FastAPI(lifespan=dispose_engine)
         _async_routes(app, Annotated[AsyncSession, Depends(get_session)], commits=True)
         return app
-    atom_async_db.configure(url)
+    pool_kind = os.environ.get("BENCH_POOL", "default")
+    if pool_kind not in ("default", "null"):
+        raise SystemExit(f"unknown BENCH_POOL {pool_kind!r}; choose default or null")
+    options: dict[str, Any] = (
+        {"engine_options": {"poolclass": NullPool}} if pool_kind == "null" else {}
+    )
+    atom_async_db.configure(url, **options)
     app = FastAPI(lifespan=lifespan)
     if stack == "asyncdb":
         _async_routes(app, AsyncDB, commits=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -78,8 +79,19 @@ def _ids(workload: str) -> tuple[int, int]:
     return (ROWS + 1, 2 * ROWS) if workload == "notfound" else (1, ROWS)
 
 
-def run_wrk(port: int, workload: str, seconds: float) -> Load:
-    method, connections, expected = WORKLOADS[workload]
+def run_wrk(
+    port: int,
+    workload: str,
+    seconds: float,
+    *,
+    connections: int | None = None,
+    timeout: float | None = None,
+) -> Load:
+    """wrk on ``workload``, with its connections unless ``connections`` says otherwise;
+    ``timeout`` (s): wrk's request timeout (its default 2 s leaves slower requests out of
+    the latency histogram and counts them as timeouts)."""
+    method, default_connections, expected = WORKLOADS[workload]
+    connections = connections or default_connections
     low, high = _ids(workload)
     path = f"'/items/' .. math.random({low}, {high})"
     script = f'wrk.method = "{method}"\nrequest = function() return wrk.format(nil, {path}) end\n'
@@ -89,8 +101,9 @@ def run_wrk(port: int, workload: str, seconds: float) -> Load:
     try:
         output = subprocess.run(
             ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+             *([f"--timeout={timeout:g}s"] if timeout else []),
              "-s", lua.name, f"http://127.0.0.1:{port}/"],
-            capture_output=True, text=True, check=True, timeout=seconds + 60,
+            capture_output=True, text=True, check=True, timeout=seconds + (timeout or 0) + 60,
         ).stdout  # fmt: skip
     finally:
         os.unlink(lua.name)
@@ -188,19 +201,62 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
 
 
-class Server:
-    """uvicorn serving the app of one stack, in a process of its own."""
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (uvicorn's workers), from /proc, children first."""
+    found: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(child) for child in children.read_text().split()]
+        except OSError:  # a thread that ended meanwhile
+            continue
+    return found + [below for child in found for below in _descendants(child)]
 
-    def __init__(self, stack: str, url: str) -> None:
+
+def _tree_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and of its live descendants."""
+    total = 0.0
+    for each in (pid, *_descendants(pid)):
+        try:
+            total += _cpu_seconds(each)
+        except (OSError, IndexError):  # a process that exited meanwhile
+            continue
+    return total
+
+
+class Server:
+    """uvicorn serving the app of one stack, in a process of its own (with ``workers`` > 1,
+    a master and that many worker processes); ``env``: more environment for the app;
+    ``log``: a file for the server's stderr (default: this process's); ``log_level``:
+    uvicorn's."""
+
+    def __init__(
+        self,
+        stack: str,
+        url: str,
+        *,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        log_level: str = "warning",
+    ) -> None:
         self.port = _free_port()
-        env = {**os.environ, "BENCH_STACK": stack, "BENCH_URL": url, "PYTHONPATH": str(ROOT)}
+        environment = {
+            **os.environ, "BENCH_STACK": stack, "BENCH_URL": url, "PYTHONPATH": str(ROOT),
+            **(env or {}),
+        }  # fmt: skip
+        more = ["--workers", str(workers)] if workers > 1 else []
+        self._log = log.open("ab") if log is not None else None
         self.process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "benchmarks._http_app:app", "--host",
-             "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-             "--no-access-log"],
-            cwd=ROOT, env=env,
+             "127.0.0.1", "--port", str(self.port), "--log-level", log_level,
+             "--no-access-log", *more],
+            cwd=ROOT, env=environment, stderr=self._log,
         )  # fmt: skip
-        self._wait_until_serving()
+        try:
+            self._wait_until_serving()
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_until_serving(self) -> None:
         give_up_at = time.monotonic() + 30
@@ -215,15 +271,22 @@ class Server:
         raise RuntimeError("the server did not start within 30 s")
 
     def cpu(self) -> float:
-        return _cpu_seconds(self.process.pid)
+        """CPU seconds of the server: its process and its workers'."""
+        return _tree_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGINT)
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
+            for pid in _descendants(self.process.pid):  # uvicorn's workers, if any
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
             self.process.kill()
             self.process.wait()
+        finally:
+            if self._log is not None:
+                self._log.close()
 
 
 # --------------------------------------------------------------------------- the run

@@ -301,7 +301,7 @@ async def test_the_database_url_alone_can_say_so(
 
 
 async def test_an_application_pool_class_is_honoured_nullpool_behind_pgbouncer(
-    start_pgbouncer: Callable[..., PgBouncer],
+    start_pgbouncer: Callable[..., PgBouncer], caplog: pytest.LogCaptureFixture
 ) -> None:
     bouncer = start_pgbouncer("transaction", pool_size=20)
     database = _through(
@@ -310,4 +310,6 @@ async def test_an_application_pool_class_is_honoured_nullpool_behind_pgbouncer(
     assert isinstance(database.engine.pool, NullPool)  # (it was replaced by ours before)
     await _create_table(database)
     assert await _async_load(database) == Counter()
-    await database.dispose()
+    with caplog.at_level(logging.WARNING, logger="atom_async_db"):
+        await database.dispose()
+    assert "failed" not in caplog.text  # (NullPool has no close(), which was called)
