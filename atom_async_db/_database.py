@@ -89,7 +89,7 @@ class Database:
         self._replicas = replicas = _replicas_of(settings)
         self._engines = LoopEngines(
             (lambda: replicas.watch_writes(startup.install(create_engine_for(settings))))
-            if replicas is not None
+            if settings.replica_urls and replicas is not None
             else lambda: startup.install(create_engine_for(settings)),
             dispose_timeout=settings.cleanup_timeout,
         )
@@ -175,27 +175,20 @@ class Database:
             What :func:`atom_async_db.get_async_db_session` raises.
         """
         checked = SessionOptions.of(self.settings.dialect, options)
-        if replica and self._replicas is not None:
+        if replica:
             if independent:
                 raise ConfigurationError(
                     "a replica=True session is a session of its own already; drop independent=True"
                 )
-            return ReplicaScope(
-                self.get_async_db_session,
-                self._replicas,
-                joins_primary=self._joins_primary,
-                commit=commit,
-                options=options,
-            )
+            if self._replicas is not None:
+                return ReplicaScope(
+                    self.get_async_db_session,
+                    self._scopes,
+                    self._replicas,
+                    commit=commit,
+                    options=options,
+                )
         return SessionScope(self._scopes, commit=commit, independent=independent, options=checked)
-
-    def _joins_primary(self) -> bool:
-        """Whether a session opened now joins one of the primary (this task's, or a test's)."""
-        scopes = self._scopes
-        active = scopes.active.get()
-        return scopes.test_transaction is not None or (
-            active is not None and active.owner is asyncio.current_task()
-        )
 
     async def get_async_db_replica(self) -> AsyncIterator[AsyncSession]:
         """FastAPI dependency for read-only routes: a request-scoped session on a replica.
@@ -378,8 +371,11 @@ class Database:
 
 
 def _replicas_of(settings: Settings) -> Replicas | None:
-    """The replicas of ``settings``: a ``Database`` each, with the primary's settings."""
-    if not settings.replica_urls:
+    """The replicas of ``settings`` (a ``Database`` each, with the primary's settings);
+    on PostgreSQL without any, none: ``replica=True`` sessions then go to the primary,
+    read-only, as they would with every replica gone.
+    """
+    if settings.dialect != "postgresql":
         return None
     databases = []
     for url in settings.replica_urls:

@@ -141,8 +141,8 @@ def get_async_db_session(
     (``replica_urls``): it goes to a replica that is up and not behind by more than
     ``max_replica_lag``, unless this task has written to the primary before (it then reads
     its own writes there) or is inside a session of the primary (it joins it). Where it
-    lands on the primary, its transaction is read-only. Without replicas it is a session
-    like any other::
+    lands on the primary, its transaction is read-only, as on a replica; without replicas
+    it always lands there (on SQLite it is a session like any other)::
 
         async with get_async_db_session(replica=True) as db:
             total = await db.scalar(select(func.count()).select_from(Order))

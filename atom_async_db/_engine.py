@@ -170,7 +170,7 @@ def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None =
         connect_args = {"check_same_thread": False}
     options: dict[str, Any] = {
         **{k: v for k, v in settings.engine_options.items() if k != "connect_args"},
-        "poolclass": poolclass or _SyncPool,
+        "poolclass": poolclass or settings.engine_options.get("poolclass") or _SyncPool,
         "pool_pre_ping": settings.pool_pre_ping,
         "echo": settings.echo,
         "connect_args": connect_args,

@@ -57,6 +57,7 @@ _POOLER_SYMPTOMS = re.compile(
     r"|unnamed prepared statement does not exist"
     r"|bind message supplies \d+ parameters?, but prepared statement"
     r"|insufficient data left in message"
+    r"|incorrect binary data format in bind parameter"
 )
 
 

@@ -6,19 +6,23 @@ several), and to the primary when:
 
 - this task (this request) has written to the primary before: its reads must see its own
   writes, which a replica may not have replayed yet. A write is any statement the primary
-  ran for the task that is not a read (``SELECT``, ``SHOW``, transaction control), even one
-  rolled back since. Tasks started afterwards inherit this, as they inherit the context;
-  another request starts afresh, so across requests a replica may still be behind by
-  up to ``max_replica_lag`` (pass a client-side token, or read from the primary, where
-  that matters);
-- the task is inside an open session on the primary: the block joins it, and sees what it
-  has written so far;
+  ran for the task other than ``SELECT``, ``SHOW``, ``SET`` and transaction control, even
+  one rolled back since. Tasks it starts afterwards inherit this, as they inherit the
+  context; writes of tasks it started before, or of threads, are theirs alone. Another
+  request starts afresh, so across requests a replica may still be behind by up to
+  ``max_replica_lag``;
+- the task is inside an open session on the primary (or a test's transaction): the block
+  joins it, and sees what it has written so far;
+- it asks for ``SERIALIZABLE``, which a hot standby refuses;
 - no replica is usable: each is checked with one query at most every
-  ``replica_check_interval`` seconds (the first time before its first session, later in
-  the background), and skipped while it is down or behind by more than
-  ``max_replica_lag`` seconds. A replica that fails when a session connects is skipped
-  at once. Read-only sessions on the primary are ``read_only``, as they would be on a
-  replica, so code that writes fails the same way wherever it lands.
+  ``replica_check_interval`` seconds (the first time before its first sessions, which
+  share that check; later in the background), and skipped while it is down or behind by
+  more than ``max_replica_lag`` seconds. A replica that fails, or does not answer within
+  the check's timeout, when a session connects is skipped at once.
+
+On the primary (but when it joins) the session is ``read_only``, as it would be on a
+replica, so code that writes fails the same way wherever it lands; a database without
+replicas sends every ``replica=True`` session there.
 
 A replica's lag is the time since it last replayed a transaction, while it has received
 WAL it has not replayed yet; a replica that has replayed all it received is not behind.
@@ -42,6 +46,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ._options import SessionOptionArgs
+from ._session import Scopes
 from .exceptions import DatabaseUnavailableError, PoolTimeoutError
 
 logger = logging.getLogger("atom_async_db")
@@ -49,11 +54,14 @@ logger = logging.getLogger("atom_async_db")
 __all__ = ["ReplicaScope", "ReplicaStatus", "Replicas"]
 
 # A statement that starts with one of these does not write.
-_READS = frozenset({"SELECT", "SHOW", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"})
+# (SET: session options are SET LOCAL. A WITH may hold a writing statement: it counts.)
+_READS = ("SELECT", "SHOW", "SET", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 
+# (A replica that was promoted is a primary: never behind. One that restarted reports
+# the start of a WAL segment as received, below what it replayed: it is not behind.)
 _LAG_QUERY = text(
-    "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() "
-    "OR pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 "
+    "SELECT CASE WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() IS NULL "
+    "OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 "
     "ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END"
 )
 
@@ -120,7 +128,8 @@ class Replicas:
         self._turn = itertools.cycle(range(len(self._replicas)))
         self._max_lag = max_lag
         self._interval = interval
-        self._check_timeout = check_timeout
+        self.check_timeout = check_timeout
+        """Seconds a check, or a session's first step on a replica, may take."""
         self._primary_only = False  # for the log: no replica was usable at the last choice
         self.wrote: ContextVar[bool] = ContextVar("atom_async_db.wrote_to_primary", default=False)
 
@@ -131,7 +140,7 @@ class Replicas:
         @event.listens_for(engine.sync_engine, "before_cursor_execute")
         def _note_write(_connection: Connection, _cursor: Any, statement: str, *_: Any) -> None:
             # (SQLAlchemy's greenlet runs in the task's context: the task sees the note.)
-            if statement.lstrip()[:9].split(None, 1)[0].upper() not in _READS:
+            if not statement.lstrip()[:9].upper().startswith(_READS):
                 wrote.set(True)
 
         return engine
@@ -144,14 +153,27 @@ class Replicas:
 
     async def choose(self) -> _Replica | None:
         """The replica the next read-only session goes to, None for the primary."""
+        if not self._replicas:
+            return None
+        loop = asyncio.get_running_loop()
         now = time.monotonic()
+        first = []
         for replica in self._replicas:
-            if replica.checked_at is None:
-                await self._check(replica)  # its first session waits for its first check
-            elif now - replica.checked_at >= self._interval and replica.checking is None:
-                replica.checking = asyncio.get_running_loop().create_task(
+            checking = replica.checking
+            if checking is not None and checking.get_loop() is not loop:
+                checking = None  # (a check of a loop that has ended)
+            if checking is None and (
+                replica.checked_at is None or now - replica.checked_at >= self._interval
+            ):
+                checking = replica.checking = loop.create_task(
                     self._check(replica), name=f"atom_async_db: check replica {replica.server}"
                 )
+            if replica.checked_at is None and checking is not None:
+                first.append(checking)
+        if first:
+            # A replica's first sessions wait for its first check: one check each, all at
+            # once, which a cancelled session does not stop.
+            await asyncio.wait(first)
         for _ in self._replicas:
             replica = self._replicas[next(self._turn)]
             if replica.usable:
@@ -169,20 +191,26 @@ class Replicas:
 
     async def _check(self, replica: _Replica) -> None:
         try:
-            async with asyncio.timeout(self._check_timeout):
+            async with asyncio.timeout(self.check_timeout):
                 async with replica.database.engine.connect() as connection:
-                    in_recovery, lag = (await connection.execute(_LAG_QUERY)).one()
+                    lag = float((await connection.execute(_LAG_QUERY)).scalar_one())
+        except asyncio.CancelledError:
+            replica.checking = None
+            raise
         except Exception as error:
-            self._judge(replica, None, f"down ({type(error).__name__}: {_first_line(error)})")
+            self._judge(replica, None, self._down(error))
         else:
-            lag = float(lag)
             too_far = lag > self._max_lag
             reason = f"{lag:.1f} s behind (max_replica_lag={self._max_lag:g})" if too_far else ""
-            del in_recovery  # (a promoted replica is a primary: never behind)
             self._judge(replica, lag, reason)
-        finally:
-            replica.checked_at = time.monotonic()
-            replica.checking = None
+        replica.checked_at = time.monotonic()
+        replica.checking = None
+
+    def _down(self, error: BaseException) -> str:
+        if isinstance(error, TimeoutError):
+            return f"down (no answer within {self.check_timeout:g} s)"
+        text = str(error).strip()
+        return f"down ({type(error).__name__}: {text.splitlines()[0] if text else ''})"
 
     def _judge(self, replica: _Replica, lag: float | None, reason: str) -> None:
         usable = not reason
@@ -195,7 +223,7 @@ class Replicas:
 
     def gone(self, replica: _Replica, error: BaseException) -> None:
         """A session could not start on ``replica``: skip it until its next check."""
-        self._judge(replica, None, f"down ({type(error).__name__}: {_first_line(error)})")
+        self._judge(replica, None, self._down(error))
         replica.checked_at = time.monotonic()
 
     async def dispose(self) -> None:
@@ -211,45 +239,48 @@ class Replicas:
             replica.database._reopen()
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""
-
-
 class ReplicaScope:
     """``get_async_db_session(replica=True)``: a session on a replica, or on the primary
     (see the module docstring); async context manager.
     """
 
-    __slots__ = ("_commit", "_joins", "_options", "_primary", "_replicas", "_scope")
+    __slots__ = ("_commit", "_options", "_primary", "_replicas", "_scope", "_scopes")
 
     def __init__(
         self,
         primary: Callable[..., Any],
+        scopes: Scopes,
         replicas: Replicas,
         *,
-        joins_primary: Callable[[], bool],
         commit: bool,
         options: SessionOptionArgs,
     ) -> None:
-        self._primary = primary
+        self._primary = primary  # the primary's get_async_db_session
+        self._scopes = scopes  # the primary's
         self._replicas = replicas
         self._commit = commit
         self._options = options
         self._scope: Any = None
-        self._joins = joins_primary
 
     async def __aenter__(self) -> AsyncSession:
-        replicas = self._replicas
-        if self._joins():  # into the task's open session on the primary
+        scopes, replicas = self._scopes, self._replicas
+        active = scopes.active.get()
+        if active is None and scopes.disposed:
+            raise scopes.disposed_error()
+        if scopes.test_transaction is not None or (
+            active is not None and active.owner is asyncio.current_task()
+        ):  # it joins the task's open session on the primary (or the test's)
             self._scope = self._primary(commit=self._commit, **self._options)
             return await self._scope.__aenter__()  # type: ignore[no-any-return]
-        replica = None if replicas.wrote.get() else await replicas.choose()
+        # (A hot standby refuses SERIALIZABLE.)
+        serializable = str(self._options.get("isolation_level", "")).upper() == "SERIALIZABLE"
+        replica = None if replicas.wrote.get() or serializable else await replicas.choose()
         if replica is not None:
             scope = replica.database.get_async_db_session(commit=self._commit, **self._options)
             session: AsyncSession = await scope.__aenter__()
             try:
-                await session.connection()  # a replica that is gone fails here
+                async with asyncio.timeout(replicas.check_timeout):
+                    await session.connection()  # a replica that is gone fails here
             except _GONE as error:
                 await scope.__aexit__(type(error), error, error.__traceback__)
                 replicas.gone(replica, error)

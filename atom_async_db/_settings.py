@@ -229,6 +229,34 @@ class Settings:
         return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
 
+def _set_in(environ: Mapping[str, str], name: str) -> bool:
+    """Whether the environment sets option ``name`` (blank is unset, as for every option)."""
+    return bool(environ.get(OPTIONS[name].env, "").strip())
+
+
+def _refuse_prepared_statements(async_url: URL, sync_url: URL) -> None:
+    """Behind a pooler, a URL must not turn prepared statements back on.
+
+    Raises:
+        ConfigurationError: it does (a cache size other than 0, a ``prepare_threshold``).
+    """
+    turned_on = [
+        f"{name}={url.query[name]}"
+        for url, name, off in (
+            (async_url, "statement_cache_size", "0"),
+            (async_url, "prepared_statement_cache_size", "0"),
+            (sync_url, "prepare_threshold", "none"),
+        )
+        if name in url.query and str(url.query[name]).strip().lower() != off
+    ]
+    if turned_on:
+        raise ConfigurationError(
+            f"the URL sets {', '.join(turned_on)}, which turns prepared statements back on, "
+            "while server_pooler='pgbouncer' turns them off: behind a pooler in transaction "
+            "mode they fail, or return another statement's rows. Remove it from the URL."
+        )
+
+
 def _replica_urls(urls: tuple[str | URL, ...], dialect: Dialect) -> tuple[URL, ...]:
     """The replicas' async URLs.
 
@@ -246,7 +274,8 @@ def _replica_urls(urls: tuple[str | URL, ...], dialect: Dialect) -> tuple[URL, .
         async_url, _, replica_dialect, _ = normalise_url(raw)
         if replica_dialect != "postgresql":
             raise ConfigurationError(f"replica_urls must be PostgreSQL URLs, got {mask_url(raw)!r}")
-        checked.append(async_url)
+        # Ours, not the driver's: the primary's settings apply to its replicas.
+        checked.append(async_url.difference_update_query(["server_pooler", "application_name"]))
     return tuple(checked)
 
 
@@ -309,7 +338,7 @@ def build_settings(
         from_url = async_url.query["server_pooler"]
         async_url = async_url.difference_update_query(["server_pooler"])
         sync_url = sync_url.difference_update_query(["server_pooler"])
-        if "server_pooler" not in options and not environ.get("ATOM_DB_SERVER_POOLER"):
+        if options.get("server_pooler") is None and not _set_in(environ, "server_pooler"):
             values["server_pooler"] = OPTIONS["server_pooler"].parse(
                 from_url, "server_pooler in the URL"
             )
@@ -318,6 +347,8 @@ def build_settings(
             "server_pooler is for PostgreSQL behind a connection pooler such as PgBouncer; "
             "this database is SQLite, which runs in the process: leave server_pooler unset"
         )
+    if values["server_pooler"] != "none":
+        _refuse_prepared_statements(async_url, sync_url)
     if values["replica_urls"]:
         values["replica_urls"] = _replica_urls(values["replica_urls"], dialect)
     if "application_name" in async_url.query:
@@ -325,7 +356,7 @@ def build_settings(
         from_url = async_url.query["application_name"]
         async_url = async_url.difference_update_query(["application_name"])
         sync_url = sync_url.difference_update_query(["application_name"])
-        if "application_name" not in options and not environ.get("ATOM_DB_APPLICATION_NAME"):
+        if options.get("application_name") is None and not _set_in(environ, "application_name"):
             values["application_name"] = application_name(from_url, "application_name in the URL")
     values["session_class"], values["async_session_class"] = _session_classes(
         values["session_class"], values["async_session_class"]

@@ -45,6 +45,7 @@ class _Facts:
     max_connections: int
     reserved: int
     pgbouncer: dict[str, str] | None = None  # SHOW CONFIG, when it could be read
+    unannounced_pooler: bool = False  # a pooler answers: the server's limits are not ours
 
 
 def _per_process(settings: Settings, kinds: set[str]) -> tuple[int, str]:
@@ -117,9 +118,10 @@ class StartupCheck:
             statement = await driver.prepare(_FACTS_QUERY, name="")
             pid, max_connections, reserved = await statement.fetchrow()
         if self._settings.server_pooler == "none":
-            if pid != driver.get_server_pid():
+            unannounced = pid != driver.get_server_pid()
+            if unannounced:
                 _warn_pooler(driver.get_server_pid(), pid)
-            return _Facts(max_connections, reserved)
+            return _Facts(max_connections, reserved, unannounced_pooler=unannounced)
         config = await asyncio.to_thread(_pgbouncer_config, self._settings)
         return _Facts(max_connections, reserved, config)
 
@@ -135,12 +137,12 @@ class StartupCheck:
             announced = getattr(getattr(dbapi_connection, "info", None), "backend_pid", pid)
             if pid != announced:
                 _warn_pooler(announced, pid)
-            return _Facts(max_connections, reserved)
+            return _Facts(max_connections, reserved, unannounced_pooler=pid != announced)
         return _Facts(max_connections, reserved, _pgbouncer_config(self._settings))
 
     def _evaluate(self) -> None:
         facts, settings = self._facts, self._settings
-        if facts is None or self._warned:
+        if facts is None or self._warned or facts.unannounced_pooler:
             return
         per_process, parts = _per_process(settings, self._kinds)
         workers, source = _workers(settings)
@@ -236,8 +238,8 @@ def _pgbouncer_config(settings: Settings) -> dict[str, str] | None:
     except Exception as error:
         logger.info(
             "PgBouncer's limits were not checked: its admin console (database 'pgbouncer', "
-            "SHOW CONFIG) refused this user, who would need to be in its admin_users or "
-            "stats_users (%s)",
+            "SHOW CONFIG) could not be read (%s); it needs the user in PgBouncer's "
+            "admin_users or stats_users",
             type(error).__name__,
         )
         return None

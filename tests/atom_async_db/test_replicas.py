@@ -197,3 +197,69 @@ def test_replica_settings_are_checked() -> None:
     ).settings
     assert [url.host for url in settings.replica_urls] == ["r1", "r2"]
     assert "s3cret" not in repr(settings) and "s3cret" not in str(raised.value)
+
+
+async def test_concurrent_first_sessions_share_one_check_and_serializable_reads_the_primary(
+    replicated: Callable[..., Awaitable[Database]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = await replicated()
+    replicas = database._replicas
+    assert replicas is not None
+    checks = 0
+    check = type(replicas)._check
+
+    async def counted(self: Any, replica: Any) -> None:
+        nonlocal checks
+        checks += 1
+        await check(self, replica)
+
+    monkeypatch.setattr(type(replicas), "_check", counted)
+    places = await asyncio.gather(*(where(database) for _ in range(50)))
+    assert places == ["replica"] * 50
+    assert checks == 1  # (each of the 50 ran one before)
+    # A hot standby refuses SERIALIZABLE transactions: those go to the primary.
+    assert await where(database, isolation_level="SERIALIZABLE") == "primary"
+
+
+async def test_no_replica_session_opens_once_dispose_has_begun(
+    replicated: Callable[..., Awaitable[Database]],
+) -> None:
+    database = await replicated(drain_timeout=5)
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with database.get_async_db_session() as session:
+            await session.execute(text("select 1"))
+            await release.wait()
+
+    held = asyncio.create_task(holder())
+    await asyncio.sleep(0)  # the holder opens its session
+    disposing = asyncio.create_task(database.dispose())
+    await asyncio.sleep(0)  # dispose() begins: it waits for the holder
+    with pytest.raises(atom_async_db.DatabaseDisposedError):
+        async with database.get_async_db_session(replica=True):
+            pass
+    release.set()
+    await asyncio.gather(held, disposing)
+
+
+async def test_without_replicas_a_replica_session_is_the_primarys_read_only(
+    postgres_url: str,
+) -> None:
+    database = Database(postgres_url, application_name=APP_NAME)
+    assert await where(database) == "primary"
+
+    async def write() -> None:
+        async with database.get_async_db_session(replica=True) as session:
+            await session.execute(text("create temporary table scratch (id int)"))
+
+    with pytest.raises(Exception, match="read-only transaction"):
+        await write()  # as on a replica, or on the primary when every replica is gone
+    with pytest.raises(ConfigurationError, match="drop independent=True"):
+        database.get_async_db_session(replica=True, independent=True)
+    async with database.get_async_db_session() as outer:  # it joins an open session
+        await outer.execute(text("select 1"))
+        async with database.get_async_db_session(replica=True) as joined:
+            # (it writes: its outer session's transaction is not read-only)
+            await joined.execute(text("create temporary table scratch (id int)"))
+    await database.dispose()

@@ -209,6 +209,26 @@ def test_server_pooler_from_the_url_environment_or_keyword(
     assert explicit.server_pooler == "none"
     with pytest.raises(ConfigurationError, match="this database is SQLite"):
         Database("sqlite://", server_pooler="pgbouncer")
+    blank = {"ATOM_DB_SERVER_POOLER": "  "}  # blank is unset, as for every option
+    from_url = build_settings("postgresql://u@h/db?server_pooler=pgbouncer", environ=blank)
+    assert from_url.server_pooler == "pgbouncer"
+
+
+@pytest.mark.parametrize(
+    "query", ["prepare_threshold=0", "statement_cache_size=100", "prepared_statement_cache_size=5"]
+)
+def test_behind_a_pooler_the_url_cannot_turn_prepared_statements_back_on(query: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"the URL sets {query}, which turns prepared"):
+        Database(f"postgresql://u:s3cret@h/db?server_pooler=pgbouncer&{query}")
+
+
+def test_replica_urls_leave_our_own_parameters_to_the_primarys_settings() -> None:
+    settings = build_settings(
+        "postgresql://u@h/db",
+        environ={},
+        replica_urls=["postgresql://u@r1/db?server_pooler=pgbouncer&application_name=x&ssl=1"],
+    )
+    assert dict(settings.replica_urls[0].query) == {"ssl": "1"}
 
 
 def test_missing_driver_names_the_extra_to_install() -> None:
