@@ -170,11 +170,19 @@ def wait_until_idle(admin: URL, database: str, give_up_after: float = 10.0) -> i
 
 
 class PgBouncer:
-    """A PgBouncer of the benchmark's own in front of ``server`` (transaction mode, trust
+    """A PgBouncer of our own in front of ``server`` (transaction mode unless told, trust
     authentication), on a free loopback port; as the ``postgres`` user when run as root,
-    since it refuses to run as root."""
+    since it refuses to run as root. (The tests start theirs with it too.)"""
 
-    def __init__(self, binary: str, server: URL, pool_size: int) -> None:
+    def __init__(
+        self,
+        binary: str,
+        server: URL,
+        pool_size: int,
+        *,
+        pool_mode: str = "transaction",
+        max_client_conn: int = 5000,
+    ) -> None:
         self.port = _free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="atom-bench-pgbouncer-"))
         users = dict.fromkeys(["postgres", server.username or "postgres"])  # trust: listed
@@ -186,8 +194,8 @@ class PgBouncer:
             f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
             f"auth_type = trust\nauth_file = {self.workdir}/userlist.txt\n"
             "admin_users = postgres\n"
-            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\n"
-            "max_client_conn = 5000\n"
+            f"pool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\n"
+            f"max_client_conn = {max_client_conn}\n"
             f"logfile = {self.workdir}/pgbouncer.log\n"
         )
         user = None
