@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -48,15 +49,26 @@ class _Facts:
     unannounced_pooler: bool = False  # a pooler answers: the server's limits are not ours
 
 
-def _per_process(settings: Settings, kinds: set[str]) -> tuple[int, str]:
-    """Connections one process may open on the pools in use (``kinds``), and the sum."""
-    parts = []
+def _per_process(settings: Settings, kinds: set[str]) -> tuple[float, str]:
+    """Connections one process may open on the pools in use (``kinds``), and the sum; a
+    pool without a limit (``max_overflow=-1``) counts as infinitely many.
+    """
+    parts: list[tuple[float, str]] = []
     if "async" in kinds:
-        unlimited = settings.max_overflow == -1
-        parts.append((settings.pool_size + (0 if unlimited else settings.max_overflow), "async"))
-    if "sync" in kinds and settings.sync_max_overflow != -1:
-        parts.append((settings.sync_pool_size + settings.sync_max_overflow, "sync"))
-    return sum(n for n, _ in parts), " + ".join(f"{n} {kind}" for n, kind in parts)
+        parts.append((_pool_limit(settings.pool_size, settings.max_overflow), "async"))
+    if "sync" in kinds:
+        limit = _pool_limit(settings.sync_pool_size, settings.sync_max_overflow)
+        parts.append((limit, "sync"))
+    text = " + ".join(f"{_count(n)} {kind}" for n, kind in parts)
+    return sum(n for n, _ in parts), text
+
+
+def _pool_limit(size: int, overflow: int) -> float:
+    return math.inf if overflow == -1 else size + overflow
+
+
+def _count(number: float) -> str:
+    return "unlimited" if number == math.inf else str(int(number))
 
 
 def _workers(settings: Settings) -> tuple[int, str]:
@@ -149,7 +161,7 @@ class StartupCheck:
         total = workers * per_process
         arithmetic = (
             f"{workers} worker process{'es' if workers > 1 else ''} ({source}) x "
-            f"({parts} per process) = {total} connections at most"
+            f"({parts} per process) = {_count(total)} connections at most"
         )
         server = _server(settings)
         if settings.server_pooler == "none":

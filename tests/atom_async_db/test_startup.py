@@ -59,6 +59,13 @@ async def test_the_sync_pool_counts_once_sync_code_uses_it(
     await database.dispose()
 
 
+async def test_a_pool_without_a_limit_never_fits(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    logs = await _first_session_logs(postgres_url, caplog, pool_size=5, max_overflow=-1)
+    assert "1 worker process (default) x (unlimited async per process) = unlimited conn" in logs
+
+
 async def test_pools_that_fit_get_no_warning(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
