@@ -229,6 +229,12 @@ class Settings:
         return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
 
+# Settings a URL's query may carry, which are ours, not a driver's: libpq would take
+# application_name from the URL, but asyncpg takes it only from server_settings (see
+# _engine), and server_pooler is no driver's at all.
+_OURS_IN_URLS = ("server_pooler", "application_name")
+
+
 def _set_in(environ: Mapping[str, str], name: str) -> bool:
     """Whether the environment sets option ``name`` (blank is unset, as for every option)."""
     return bool(environ.get(OPTIONS[name].env, "").strip())
@@ -274,8 +280,8 @@ def _replica_urls(urls: tuple[str | URL, ...], dialect: Dialect) -> tuple[URL, .
         async_url, _, replica_dialect, _ = normalise_url(raw)
         if replica_dialect != "postgresql":
             raise ConfigurationError(f"replica_urls must be PostgreSQL URLs, got {mask_url(raw)!r}")
-        # Ours, not the driver's: the primary's settings apply to its replicas.
-        checked.append(async_url.difference_update_query(["server_pooler", "application_name"]))
+        # The primary's settings apply to its replicas.
+        checked.append(async_url.difference_update_query(_OURS_IN_URLS))
     return tuple(checked)
 
 
@@ -334,14 +340,13 @@ def build_settings(
             values[name] = option.parse(environ[option.env], option.env)
         else:
             values[name] = getattr(option, dialect)
-    if "server_pooler" in async_url.query:  # ours, not a driver's
-        from_url = async_url.query["server_pooler"]
-        async_url = async_url.difference_update_query(["server_pooler"])
-        sync_url = sync_url.difference_update_query(["server_pooler"])
-        if options.get("server_pooler") is None and not _set_in(environ, "server_pooler"):
-            values["server_pooler"] = OPTIONS["server_pooler"].parse(
-                from_url, "server_pooler in the URL"
-            )
+    for name in _OURS_IN_URLS:
+        if name in async_url.query:
+            from_url = async_url.query[name]
+            async_url = async_url.difference_update_query([name])
+            sync_url = sync_url.difference_update_query([name])
+            if options.get(name) is None and not _set_in(environ, name):
+                values[name] = OPTIONS[name].parse(from_url, f"{name} in the URL")
     if dialect == "sqlite" and values["server_pooler"] != "none":
         raise ConfigurationError(
             "server_pooler is for PostgreSQL behind a connection pooler such as PgBouncer; "
@@ -351,13 +356,6 @@ def build_settings(
         _refuse_prepared_statements(async_url, sync_url)
     if values["replica_urls"]:
         values["replica_urls"] = _replica_urls(values["replica_urls"], dialect)
-    if "application_name" in async_url.query:
-        # libpq takes it from the URL, asyncpg only from server_settings: move it there.
-        from_url = async_url.query["application_name"]
-        async_url = async_url.difference_update_query(["application_name"])
-        sync_url = sync_url.difference_update_query(["application_name"])
-        if options.get("application_name") is None and not _set_in(environ, "application_name"):
-            values["application_name"] = application_name(from_url, "application_name in the URL")
     values["session_class"], values["async_session_class"] = _session_classes(
         values["session_class"], values["async_session_class"]
     )

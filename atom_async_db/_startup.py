@@ -32,6 +32,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_
 
+from ._connector import server_of
 from ._settings import Settings
 
 logger = logging.getLogger("atom_async_db")
@@ -128,29 +129,34 @@ class StartupCheck:
         # that nothing is left prepared on that server connection for another client.
         async with driver.transaction():
             statement = await driver.prepare(_FACTS_QUERY, name="")
-            pid, max_connections, reserved = await statement.fetchrow()
+            row = await statement.fetchrow()
         if self._settings.server_pooler == "none":
-            unannounced = pid != driver.get_server_pid()
-            if unannounced:
-                _warn_pooler(driver.get_server_pid(), pid)
-            return _Facts(max_connections, reserved, unannounced_pooler=unannounced)
+            return self._direct_facts(row, driver.get_server_pid())
         config = await asyncio.to_thread(_pgbouncer_config, self._settings)
-        return _Facts(max_connections, reserved, config)
+        return _Facts(row[1], row[2], config)
 
     def _sync_facts(self, dbapi_connection: Any) -> _Facts:
         cursor = dbapi_connection.cursor()
         try:
             cursor.execute(_FACTS_QUERY)
-            pid, max_connections, reserved = cursor.fetchone()
+            row = cursor.fetchone()
         finally:
             cursor.close()
         dbapi_connection.rollback()  # (psycopg began a transaction for it)
         if self._settings.server_pooler == "none":
-            announced = getattr(getattr(dbapi_connection, "info", None), "backend_pid", pid)
-            if pid != announced:
-                _warn_pooler(announced, pid)
-            return _Facts(max_connections, reserved, unannounced_pooler=pid != announced)
-        return _Facts(max_connections, reserved, _pgbouncer_config(self._settings))
+            return self._direct_facts(row, dbapi_connection.info.backend_pid)
+        return _Facts(row[1], row[2], _pgbouncer_config(self._settings))
+
+    @staticmethod
+    def _direct_facts(row: Any, announced: int) -> _Facts:
+        """The facts of a server reached without ``server_pooler``: a pooler answers
+        unannounced when the session's process id is not the one announced at login.
+        """
+        pid, max_connections, reserved = row
+        unannounced = pid != announced
+        if unannounced:
+            _warn_pooler(announced, pid)
+        return _Facts(max_connections, reserved, unannounced_pooler=unannounced)
 
     def _evaluate(self) -> None:
         facts, settings = self._facts, self._settings
@@ -163,7 +169,7 @@ class StartupCheck:
             f"{workers} worker process{'es' if workers > 1 else ''} ({source}) x "
             f"({parts} per process) = {_count(total)} connections at most"
         )
-        server = _server(settings)
+        server = server_of(settings.url)
         if settings.server_pooler == "none":
             allowed = facts.max_connections - facts.reserved
             if total > allowed:
@@ -218,11 +224,6 @@ def _warn_pooler(announced: int, actual: int) -> None:
         announced,
         actual,
     )
-
-
-def _server(settings: Settings) -> str:
-    url = settings.url
-    return f"{url.host or 'localhost'}:{url.port or 5432}"
 
 
 def _pgbouncer_config(settings: Settings) -> dict[str, str] | None:
