@@ -23,6 +23,7 @@ from ._hooks import on_commit, savepoint
 from ._replicas import ReplicaStatus
 from ._retry import is_conflict, retry_on_conflict
 from ._settings import EMBEDDED_DATABASE_FILENAME
+from ._stats import HistogramStats, PoolStats
 from ._workers import ItemOutcome, run_each, stream_each
 from .exceptions import (
     AtomDBError,
@@ -57,8 +58,10 @@ __all__ = [
     "DatabaseUnavailableError",
     "DriverNotInstalledError",
     "EmbeddedDatabaseError",
+    "HistogramStats",
     "ItemOutcome",
     "NoEventLoopError",
+    "PoolStats",
     "PoolTimeoutError",
     "ReplicaStatus",
     "SessionNestingError",

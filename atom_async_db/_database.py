@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -18,7 +17,9 @@ from typing_extensions import Unpack
 
 from ._drain import OpenScope
 from ._engine import create_engine_for, create_sync_engine_for, open_memory_anchor
-from ._loops import LoopEngines
+from ._health import ping
+from ._leaks import still_open_places
+from ._loops import LoopEngines, forget_in_forked_children
 from ._masking import mask_url
 from ._options import SessionOptionArgs, SessionOptions
 from ._pool import FairPool
@@ -26,6 +27,7 @@ from ._replicas import Replicas, ReplicaScope, ReplicaStatus
 from ._session import Scopes, SessionScope
 from ._settings import Settings, build_settings
 from ._startup import StartupCheck
+from ._stats import PoolBook, PoolStats
 from ._tracked import backing_class, single_task_class
 from .exceptions import ConfigurationError
 
@@ -87,12 +89,16 @@ class Database:
         self.settings: Settings = settings
         self._startup = startup = StartupCheck(settings)
         self._replicas = replicas = _replicas_of(settings)
-        self._engines = LoopEngines(
-            (lambda: replicas.watch_writes(startup.install(create_engine_for(settings))))
-            if settings.replica_urls and replicas is not None
-            else lambda: startup.install(create_engine_for(settings)),
-            dispose_timeout=settings.cleanup_timeout,
-        )
+        self._pools = pools = PoolBook()
+
+        def create_engine() -> AsyncEngine:
+            engine = startup.install(create_engine_for(settings))
+            pools.track(engine.sync_engine)
+            if settings.replica_urls and replicas is not None:
+                replicas.watch_writes(engine)
+            return engine
+
+        self._engines = LoopEngines(create_engine, dispose_timeout=settings.cleanup_timeout)
         self._scopes = Scopes(
             repr(self),
             settings,
@@ -154,7 +160,8 @@ class Database:
                 if engine is None:
                     engine = create_sync_engine_for(self.settings)
                     self._sync_engine = self._startup.install_sync(engine)
-                    _forget_in_forked_children(engine)
+                    self._pools.track(engine)
+                    forget_in_forked_children(engine)
         return engine
 
     def get_async_db_session(
@@ -255,6 +262,49 @@ class Database:
 
         return transaction_with_options
 
+    def pool_stats(self) -> PoolStats:
+        """A snapshot of this database's connection pools, summed over them.
+
+        See :class:`~atom_async_db.PoolStats`, field by field::
+
+            stats = database.pool_stats()
+            print(stats.in_use, stats.waiting, stats.wait_time.p99)
+
+        Raises:
+            Nothing: it reads counters, without I/O.
+        """
+        engines = [engine.sync_engine for engine in self._engines.engines()]
+        if self._sync_engine is not None:
+            engines.append(self._sync_engine)
+        return self._pools.snapshot(self.settings.stats_name, engines)
+
+    async def ping(self, timeout: float = 5.0) -> float:  # noqa: ASYNC109 (a probe's deadline)
+        """Check that the database answers within ``timeout`` seconds.
+
+        One round trip on a pooled connection of this loop's engine; returns the seconds
+        it took::
+
+            try:
+                await database.ping(timeout=2)
+            except DatabaseUnavailableError as error:
+                print(f"not ready: {error}")
+
+        Raises:
+            DatabaseUnavailableError: no answer within ``timeout`` (server down, unreachable
+                or overloaded, or every connection of the pool in use meanwhile: the
+                message gives the pool's figures), or the connection failed.
+            DatabaseDisposedError: the database was disposed.
+            NoEventLoopError: called outside a running event loop.
+        """
+        settings = self.settings
+        return await ping(
+            self.engine,
+            timeout=timeout,
+            pinged_on_checkout=settings.pool_pre_ping or settings.server_pooler != "none",
+            stats=self.pool_stats,
+            name=settings.display_url,
+        )
+
     @property
     def disposed(self) -> bool:
         """Whether :meth:`dispose` (or :meth:`dispose_sync_engine`) has begun: the database
@@ -301,10 +351,11 @@ class Database:
         if still_open:
             logger.warning(
                 "dispose: %d sessions were still open after drain_timeout=%g s; stopping "
-                "the %d tasks among them (their sessions roll back)",
+                "the %d tasks among them (their sessions roll back). Still open:\n  %s",
                 len(still_open),
                 self.settings.drain_timeout,
                 len(stopping),
+                "\n  ".join(still_open_places(still_open)),
             )
         for task in stopping:
             task.cancel("atom_async_db: dispose() stopped this session after drain_timeout")
@@ -336,9 +387,10 @@ class Database:
         if still_open:
             logger.warning(
                 "dispose: %d sessions on the sync engine were still open after "
-                "drain_timeout=%g s; their connections close as they end",
+                "drain_timeout=%g s; their connections close as they end. Still open:\n  %s",
                 len(still_open),
                 self.settings.drain_timeout,
+                "\n  ".join(still_open_places(still_open)),
             )
         self._close_sync_engine()
         if self._reopens:
@@ -395,15 +447,3 @@ def _replicas_of(settings: Settings) -> Replicas | None:
         interval=settings.replica_check_interval,
         check_timeout=min(settings.pool_timeout, 5.0),
     )
-
-
-def _forget_in_forked_children(engine: Engine) -> None:
-    # The parent's sockets are the parent's: a forked child drops them unclosed.
-    reference = weakref.ref(engine)
-
-    def forget() -> None:
-        engine = reference()
-        if engine is not None:
-            engine.dispose(close=False)
-
-    os.register_at_fork(after_in_child=forget)

@@ -34,6 +34,7 @@ from ._pool import FairAsyncPool, FairPool
 from ._pooler import async_connect_args, install_pooler_rules, sync_connect_args
 from ._settings import Settings
 from ._urls import ASYNCPG_COUNTS, ASYNCPG_SECONDS, PSYCOPG_ONLY, prepare_threshold
+from ._watch import install_statement_watch
 from .exceptions import DriverNotInstalledError
 
 logger = logging.getLogger("atom_async_db")
@@ -61,6 +62,10 @@ MEMORY_CONCURRENCY_NOTE = (
 )
 
 
+# Options only our pools take (pool_timeout is SQLAlchemy's name for their timeout).
+_OUR_POOLS_OPTIONS = ("pool_timeout", "max_idle", "stats_name", "leak_threshold")
+
+
 class _SyncPool(FairPool):
     settings_names = ("sync_pool_size", "sync_max_overflow", "pool_timeout")
 
@@ -74,6 +79,8 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
         "pool_recycle": settings.pool_recycle,
         "pool_pre_ping": settings.pool_pre_ping,
         "max_idle": settings.pool_max_idle,
+        "stats_name": settings.stats_name,
+        "leak_threshold": settings.leak_threshold,
         "echo": settings.echo,
         "poolclass": FairAsyncPool,
     }
@@ -117,7 +124,7 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
     options["connect_args"] = connect_args
     if "poolclass" in settings.engine_options:
         # The application's own pool (NullPool behind PgBouncer): our sizes are not its.
-        for name in ("poolclass", "pool_size", "max_overflow", "pool_timeout", "max_idle"):
+        for name in (*_OUR_POOLS_OPTIONS, "poolclass", "pool_size", "max_overflow"):
             options.pop(name)
     merged = {**settings.engine_options, **options}
     ping = merged.pop("pool_pre_ping")  # ours, not SQLAlchemy's (see _ping)
@@ -132,7 +139,16 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
         apply_sqlite_rules(engine.sync_engine, settings)
     else:
         install_pooler_rules(engine.sync_engine, settings)
+    _watch_statements(engine.sync_engine, settings)
     return engine
+
+
+def _watch_statements(engine: Engine, settings: Settings) -> None:
+    install_statement_watch(
+        engine,
+        slow=settings.slow_statement_threshold,
+        idle=settings.idle_in_transaction_threshold,
+    )
 
 
 def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None = None) -> Engine:
@@ -182,6 +198,8 @@ def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None =
             pool_timeout=settings.pool_timeout,
             pool_recycle=settings.pool_recycle,
             max_idle=settings.pool_max_idle,
+            stats_name=f"{settings.stats_name} (sync)",
+            leak_threshold=settings.leak_threshold,
         )
     engine = create_engine(url, **options)
     if settings.dialect == "sqlite":
@@ -190,6 +208,7 @@ def create_sync_engine_for(settings: Settings, *, poolclass: type[Pool] | None =
         install_commit_outcome_rule(engine)
         install_sync_connect_rule(engine, server_of(url))
         install_pooler_rules(engine, settings)
+    _watch_statements(engine, settings)
     return engine
 
 

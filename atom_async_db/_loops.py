@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .exceptions import NoEventLoopError
@@ -223,6 +224,20 @@ def _dispose_when_idle(engine: AsyncEngine) -> None:
 
 
 _LATE_DISPOSALS: set[asyncio.Task[None]] = set()
+
+
+def forget_in_forked_children(engine: Engine) -> None:
+    """Make a forked child drop ``engine``'s connections unclosed: the parent's sockets
+    are the parent's (for the sync engine, which is not one per loop).
+    """
+    reference = weakref.ref(engine)
+
+    def forget() -> None:
+        engine = reference()
+        if engine is not None:
+            engine.dispose(close=False)
+
+    os.register_at_fork(after_in_child=forget)
 
 
 def _after_fork_in_child() -> None:

@@ -39,25 +39,12 @@ from sqlalchemy.pool import ConnectionPoolEntry, Pool
 from sqlalchemy.pool.base import _AsyncConnDialect
 from sqlalchemy.util import await_, greenlet_spawn
 
+from ._leaks import LeakWatch
+from ._stats import PoolCounters, PoolKind, PoolStats, count_connections, snapshot_of
+from ._waiters import CLOSED, OPEN, TIMED_OUT, TaskWaiter, ThreadWaiter
 from .exceptions import DatabaseDisposedError, PoolTimeoutError
 
 __all__ = ["FairAsyncPool", "FairPool"]
-
-
-class _Token:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-# Handed to a waiter instead of a connection: "open one yourself", and "time is up".
-_OPEN = _Token("OPEN")
-_TIMED_OUT = _Token("TIMED_OUT")
-_CLOSED = _Token("CLOSED")
 
 
 def _closed_error() -> DatabaseDisposedError:
@@ -68,32 +55,19 @@ def _closed_error() -> DatabaseDisposedError:
     )
 
 
-class _ThreadWaiter:
-    """A thread waiting for a connection; ``give`` is called under the pool's lock."""
-
-    __slots__ = ("abandoned", "item", "ready")
-
-    def __init__(self) -> None:
-        self.item: Any = None
-        self.abandoned = False
-        self.ready = threading.Lock()
-        self.ready.acquire()
-
-    def give(self, item: Any) -> bool:
-        if self.abandoned:
-            return False
-        self.item = item
-        self.ready.release()
-        return True
-
-
 class FairPool(Pool):
     """A first-come-first-served pool of ``pool_size`` connections, plus up to
     ``max_overflow`` more under load (-1: no limit), for threads; see the module
     docstring. ``settings_names`` name the settings its timeout error suggests raising.
+
+    It counts what it does in ``counters`` (see ``_stats``), which the pools that an
+    engine's ``dispose()`` recreates share, with their lock; :meth:`stats` reads them.
+    With ``leak_threshold`` (seconds), a connection checked out longer is reported (see
+    ``_leaks``).
     """
 
     settings_names = ("pool_size", "max_overflow", "pool_timeout")
+    kind: PoolKind = "sync"
 
     def __init__(
         self,
@@ -103,6 +77,9 @@ class FairPool(Pool):
         timeout: float = 30.0,
         use_lifo: bool = False,  # accepted for create_engine's sake: free ones are always LIFO
         max_idle: float = 10.0,
+        stats_name: str = "pool",
+        leak_threshold: float | None = None,
+        counters: PoolCounters | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(creator, **kw)
@@ -111,15 +88,25 @@ class FairPool(Pool):
         self._timeout = timeout
         self._max_idle = max_idle
         self._idle_timer: Any = None  # set while free connections beyond pool_size exist
-        self._lock = threading.Lock()
+        self.stats_name = stats_name
+        if counters is None:
+            counters = PoolCounters(stats_name)
+            count_connections(self, counters)  # (the recreated pools inherit the listeners)
+        self.counters = counters
+        self._lock = counters.lock
         self._free: deque[tuple[ConnectionPoolEntry, float]] = deque()  # (record, since)
         self._waiters: deque[Any] = deque()
+        self._waiting = 0  # callers in _wait()
+        self._out: dict[ConnectionPoolEntry, float] = {}  # checked out: since when
         self._open = 0  # connections open or being opened, checked out or free
         self._closed = False  # see close()
+        self._leak_threshold = leak_threshold
+        self._leaks = None if leak_threshold is None else LeakWatch(leak_threshold, self)
 
     # -- the logic ------------------------------------------------------------------
 
     def _do_get(self) -> ConnectionPoolEntry:
+        counters = self.counters
         with self._lock:
             if self._closed:
                 raise _closed_error()
@@ -128,41 +115,72 @@ class FairPool(Pool):
                 # what is left in the queue gave up waiting.
                 self._waiters.clear()
                 item: Any = self._free.pop()[0]
+                # The common case, counted under this lock: no wait, no second lock.
+                counters.checkouts += 1
+                counters.record(counters.wait_time, 0.0)
+                self._out[item] = time.monotonic()
             elif self._max_overflow == -1 or self._open < self._size + self._max_overflow:
                 self._open += 1
-                item = _OPEN
+                item = OPEN
             else:
                 waiter = self._new_waiter()
                 self._waiters.append(waiter)
+                self._waiting += 1
                 item = None
+        if item is not OPEN and item is not None:
+            return self._taken(item)
+        asked = time.monotonic()
         if item is None:
-            item = self._wait(waiter)
-        if item is _TIMED_OUT:
-            raise self._timeout_error()
-        if item is _CLOSED:
-            raise _closed_error()
-        if item is _OPEN:
             try:
-                return self._create_connection()
+                item = self._wait(waiter)
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+                    if item is TIMED_OUT:
+                        counters.timeouts += 1
+        if item is TIMED_OUT:
+            raise self._timeout_error()
+        if item is CLOSED:
+            raise _closed_error()
+        given = time.monotonic()
+        record = item
+        if item is OPEN:
+            try:
+                record = self._create_connection()
             except BaseException:
                 self._give_up_room()
                 raise
-        record: ConnectionPoolEntry = item
+        with self._lock:
+            counters.checkouts += 1
+            counters.record(counters.wait_time, given - asked)
+            self._out[record] = time.monotonic()
+        return self._taken(record)
+
+    def _taken(self, record: ConnectionPoolEntry) -> ConnectionPoolEntry:
+        if self._leaks is not None:
+            self._leaks.taken(record)  # (where it was taken: outside the lock, it costs)
         return record
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         self._put_back(record)
 
     def _put_back(self, record: ConnectionPoolEntry) -> None:
+        now = time.monotonic()
         with self._lock:
-            if not self._closed:
-                if not self._hand_over(record):
-                    self._free.append((record, time.monotonic()))
-                    if self._idle_timer is None and self._open > self._size:
-                        self._idle_timer = self._start_timer(self._max_idle)
-                return
-            self._open -= 1
-        record.close()  # a session that outlived the shutdown: its connection ends here
+            since = self._out.pop(record, None)
+            if since is not None:  # (None: handed to a waiter that gave up, passed on)
+                self.counters.record(self.counters.use_time, now - since)
+            closing = self._closed
+            if closing:
+                self._open -= 1
+            elif not self._hand_over(record):
+                self._free.append((record, now))
+                if self._idle_timer is None and self._open > self._size:
+                    self._idle_timer = self._start_idle_timer(self._max_idle)
+        if self._leaks is not None and since is not None:
+            self._leaks.returned(record, now - since)
+        if closing:
+            record.close()  # a session that outlived the shutdown: its connection ends here
 
     def _close_idle_surplus(self) -> None:
         """The timer's work: close the free connections beyond ``pool_size`` idle for
@@ -175,7 +193,7 @@ class FairPool(Pool):
             while self._open > self._size and self._free:
                 since = self._free[0][1]
                 if since > now - self._max_idle:
-                    self._idle_timer = self._start_timer(since + self._max_idle - now)
+                    self._idle_timer = self._start_idle_timer(since + self._max_idle - now)
                     break
                 self._open -= 1
                 surplus.append(self._free.popleft()[0])
@@ -184,9 +202,9 @@ class FairPool(Pool):
 
     def _pass_on(self, item: Any) -> None:
         """A waiter that fails after it was handed ``item`` passes it on."""
-        if item is _OPEN:
+        if item is OPEN:
             self._give_up_room()
-        elif item is not None and item is not _TIMED_OUT and item is not _CLOSED:
+        elif item is not None and item is not TIMED_OUT and item is not CLOSED:
             self._put_back(item)
 
     def close(self) -> None:
@@ -198,7 +216,7 @@ class FairPool(Pool):
         with self._lock:
             self._closed = True
             while self._waiters:
-                self._waiters.popleft().give(_CLOSED)
+                self._waiters.popleft().give(CLOSED)
 
     def _hand_over(self, item: Any) -> bool:
         """Give ``item`` (a connection, or room to open one) to the longest-waiting
@@ -212,19 +230,23 @@ class FairPool(Pool):
     def _give_up_room(self) -> None:
         """A connection was closed or could not be opened: its room goes to a waiter."""
         with self._lock:
-            if not self._hand_over(_OPEN):
+            if not self._hand_over(OPEN):
                 self._open -= 1
 
     # -- waiting and timers (threads here, tasks in FairAsyncPool) --------------------
 
-    def _start_timer(self, delay: float) -> Any:
-        timer = threading.Timer(delay, self._close_idle_surplus)
+    def _start_timer(self, delay: float, callback: Any) -> Any:
+        """Call ``callback`` in ``delay`` seconds; returns what ``cancel()`` stops."""
+        timer = threading.Timer(delay, callback)
         timer.daemon = True
         timer.start()
         return timer
 
+    def _start_idle_timer(self, delay: float) -> Any:
+        return self._start_timer(delay, self._close_idle_surplus)
+
     def _new_waiter(self) -> Any:
-        return _ThreadWaiter()
+        return ThreadWaiter()
 
     def _wait(self, waiter: Any) -> Any:
         try:
@@ -241,7 +263,7 @@ class FairPool(Pool):
             if waiter.item is not None:  # handed over as the wait ran out
                 return waiter.item
             waiter.abandoned = True
-        return _TIMED_OUT
+        return TIMED_OUT
 
     def _timeout_error(self) -> PoolTimeoutError:
         size, overflow, timeout = self.settings_names
@@ -268,6 +290,9 @@ class FairPool(Pool):
             max_overflow=self._max_overflow,
             timeout=self._timeout,
             max_idle=self._max_idle,
+            stats_name=self.stats_name,
+            leak_threshold=self._leak_threshold,
+            counters=self.counters,
             pre_ping=self._pre_ping,
             recycle=self._recycle,
             echo=self.echo,
@@ -287,6 +312,8 @@ class FairPool(Pool):
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
                 self._idle_timer = None
+        if self._leaks is not None:
+            self._leaks.stop()
         for record in free:
             record.close()
         self.logger.info("Pool disposed. %s", self.status())
@@ -313,6 +340,20 @@ class FairPool(Pool):
     def checkedout(self) -> int:
         return self._open - len(self._free)
 
+    def stats(self) -> PoolStats:
+        """A snapshot of this pool's figures (see :class:`~atom_async_db.PoolStats`)."""
+        with self._lock:
+            return snapshot_of(
+                self.stats_name,
+                self.kind,
+                self.counters,
+                pool_size=self._size,
+                max_overflow=self._max_overflow,
+                open=self._open,
+                idle=len(self._free),
+                waiting=self._waiting,
+            )
+
     def exhausted(self) -> bool:
         """Whether a checkout now would have to wait."""
         return (
@@ -329,20 +370,24 @@ class FairAsyncPool(FairPool):
 
     _is_asyncio = True
     _dialect = _AsyncConnDialect()
+    kind: PoolKind = "async"
 
     # One timer for all waiters, not one each: they share a timeout, so the oldest waiter's
     # deadline comes first, and the timer is set again only when it fires.
-    _timed: collections.deque[_TaskWaiter] | None = None
+    _timed: collections.deque[TaskWaiter] | None = None
     _timer: asyncio.TimerHandle | None = None
     _closing: asyncio.Task[None] | None = None  # the idle surplus closing (kept referenced)
 
     def _new_waiter(self) -> Any:
         loop = asyncio.get_running_loop()
-        return _TaskWaiter(loop.create_future(), loop.time() + self._timeout)
+        return TaskWaiter(loop.create_future(), loop.time() + self._timeout)
 
-    def _start_timer(self, delay: float) -> Any:
+    def _start_timer(self, delay: float, callback: Any) -> Any:
+        return asyncio.get_running_loop().call_later(delay, callback)
+
+    def _start_idle_timer(self, delay: float) -> Any:
         # (Closing is I/O that SQLAlchemy runs in a greenlet, so the timer starts a task.)
-        return asyncio.get_running_loop().call_later(delay, self._spawn_close)
+        return self._start_timer(delay, self._spawn_close)
 
     def _spawn_close(self) -> None:
         self._closing = asyncio.get_running_loop().create_task(
@@ -352,7 +397,7 @@ class FairAsyncPool(FairPool):
     def _wait(self, waiter: Any) -> Any:
         return await_(self._wait_async(waiter))
 
-    async def _wait_async(self, waiter: _TaskWaiter) -> Any:
+    async def _wait_async(self, waiter: TaskWaiter) -> Any:
         timed = self._timed
         if timed is None:
             timed = self._timed = collections.deque()
@@ -383,21 +428,5 @@ class FairAsyncPool(FairPool):
                     self._timer = loop.call_at(waiter.deadline, self._expire_due)
                     return
                 with self._lock:
-                    waiter.give(_TIMED_OUT)
+                    waiter.give(TIMED_OUT)
             timed.popleft()
-
-
-class _TaskWaiter:
-    """A task waiting for a connection; a cancelled or resolved future takes nothing."""
-
-    __slots__ = ("deadline", "future")
-
-    def __init__(self, future: asyncio.Future[Any], deadline: float) -> None:
-        self.future = future
-        self.deadline = deadline
-
-    def give(self, item: Any) -> bool:
-        if self.future.done():
-            return False
-        self.future.set_result(item)
-        return True

@@ -28,6 +28,7 @@ from ._values import (
     non_negative_float,
     overflow,
     parse_bool,
+    pool_name,
     positive_float,
     recycle,
     url_list,
@@ -107,6 +108,20 @@ OPTIONS: Mapping[str, _Option] = {
     # How many processes of this application share the server, for the start-up budget
     # check (see _budget); unset: WEB_CONCURRENCY, which gunicorn and uvicorn read, else 1.
     "worker_processes": _Option("ATOM_DB_WORKER_PROCESSES", int_at_least(1), None, None),
+    # Operations (see _leaks, _watch): each off unless set, in seconds.
+    # A connection checked out longer than this is reported, with where it was taken.
+    "leak_threshold": _Option("ATOM_DB_LEAK_THRESHOLD", positive_float, None, None),
+    # A transaction left idle this long between two of its statements (an HTTP call
+    # inside a session block) is reported.
+    "idle_in_transaction_threshold": _Option(
+        "ATOM_DB_IDLE_IN_TRANSACTION_THRESHOLD", positive_float, None, None
+    ),
+    # Statements slower than this are logged, without their parameters.
+    "slow_statement_threshold": _Option(
+        "ATOM_DB_SLOW_STATEMENT_THRESHOLD", positive_float, None, None
+    ),
+    # The pools' name in statistics and metrics; unset: host, port and database.
+    "pool_name": _Option("ATOM_DB_POOL_NAME", pool_name, None, None),
     # What a sync session used on an event loop's thread does: warn, or raise (strict).
     "sync_on_event_loop": _Option(
         "ATOM_DB_SYNC_ON_EVENT_LOOP", choice("warn", "error"), "warn", "warn"
@@ -188,6 +203,10 @@ class Settings:
     max_replica_lag: float
     replica_check_interval: float
     worker_processes: int | None
+    leak_threshold: float | None
+    idle_in_transaction_threshold: float | None
+    slow_statement_threshold: float | None
+    pool_name: str | None
     session_class: type[Session]
     """The sync class of every session: the legacy API's, and the one under each
     ``AsyncSession`` (``sqlalchemy.orm.Session`` unless the application names its own)."""
@@ -199,6 +218,18 @@ class Settings:
     @property
     def display_url(self) -> str:
         return mask_url(self.url)
+
+    @property
+    def stats_name(self) -> str:
+        """The pools' name in statistics and metrics: ``pool_name``, else host, port and
+        database (``/path/to/file.db`` for SQLite), never the user or password.
+        """
+        if self.pool_name is not None:
+            return self.pool_name
+        url = self.url
+        if self.dialect == "sqlite":
+            return f"sqlite:{url.database or ''}"
+        return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
 
     # ``pool_timeout`` bounds three waits, each named where it is used:
     @property

@@ -131,6 +131,14 @@ def application_name(value: object, label: str) -> str:
     return value
 
 
+def pool_name(value: object, label: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise ConfigurationError(
+            f"{label} must be a non-empty name of at most 200 characters, got {value!r}"
+        )
+    return value.strip()
+
+
 def class_option(base: type, example: str) -> Callable[[object, str], type]:
     """A parser for a class option: a subclass of ``base``, or its import path as
     ``"package.module:Name"`` (how an environment variable names it).

@@ -1,0 +1,161 @@
+"""The statement watch: slow statements, transactions left idle between statements, and
+monitored sessions' timings.
+
+Installed on an engine only when one of them is wanted (``slow_statement_threshold``,
+``idle_in_transaction_threshold``, or a monitored session on it), since SQLAlchemy then
+calls two functions around every statement.
+
+- **Slow statements**: one WARNING each, with the duration and the SQL (its parameters
+  never: they may hold personal data or secrets), and ``extra`` fields that structured
+  logging picks up.
+- **Idle in transaction**: the time between the end of one driver call and the start of
+  the next while a transaction is open is time the transaction held its connection and
+  locks without using them: an HTTP call or a sleep inside the session block (the seed's
+  "long transactions with external calls"). A gap longer than the threshold is reported
+  when the next call starts, naming that place; a slow statement is not a gap.
+- **Timings**: every timed statement's duration goes into its pool's ``statement_time``
+  histogram (:attr:`~atom_async_db.PoolStats.statement_time`): all statements on an
+  engine with a threshold, else those of monitored sessions (:func:`monitoring`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from ._leaks import describe, place, user_frames
+
+logger = logging.getLogger("atom_async_db")
+
+__all__ = ["MONITORED", "install_statement_watch", "monitoring"]
+
+#: True inside a monitored session's block (``monitoring``).
+MONITORED: ContextVar[bool] = ContextVar("atom_async_db.monitored", default=False)
+
+_STARTED = "atom_db_statement_started"  # in the pooled connection's info
+_LAST = "atom_db_last_call"  # (when the last driver call ended, its SQL), in a transaction
+_SQL_SHOWN = 2000  # characters of SQL in a log line
+
+_WATCHED: weakref.WeakSet[Engine] = weakref.WeakSet()
+_INSTALLING = threading.Lock()
+
+
+def install_statement_watch(
+    engine: Engine,
+    *,
+    slow: float | None,
+    idle: float | None,
+    always: bool = False,
+) -> None:
+    """Watch ``engine``'s statements (see the module docstring): ``always`` installs it
+    without a threshold, for monitored sessions; once per engine.
+    """
+    if (slow is None and idle is None and not always) or engine in _WATCHED:
+        return
+    with _INSTALLING:
+        if engine in _WATCHED:
+            return
+        _WATCHED.add(engine)
+    time_all = slow is not None or idle is not None
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn: Any, _c: Any, statement: str, *_: Any) -> None:
+        now = time.perf_counter()
+        info = conn.info
+        if idle is not None:
+            last = info.get(_LAST)
+            if last is not None and now - last[0] > idle and conn.in_transaction():
+                _report_idle(now - last[0], idle, last[1], statement)
+        info[_STARTED] = now
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def _after(conn: Any, _c: Any, statement: str, *_: Any) -> None:
+        now = time.perf_counter()
+        info = conn.info
+        took = now - info.pop(_STARTED, now)
+        if slow is not None and took > slow:
+            _report_slow(took, slow, statement, conn)
+        if time_all or MONITORED.get():
+            counters = getattr(conn.engine.pool, "counters", None)
+            if counters is not None:
+                with counters.lock:
+                    counters.record(counters.statement_time, took)
+            if MONITORED.get():
+                logger.debug("monitored session: %.6f s: %s", took, statement[:_SQL_SHOWN])
+        if idle is not None:
+            info[_LAST] = (now, statement)
+
+    if idle is None:
+        return
+
+    @event.listens_for(engine, "begin")
+    def _begun(conn: Any) -> None:
+        conn.info[_LAST] = (time.perf_counter(), "BEGIN")
+
+    def ending(verb: str) -> Any:
+        def _ending(conn: Any) -> None:
+            last = conn.info.pop(_LAST, None)
+            if last is not None and time.perf_counter() - last[0] > idle:
+                _report_idle(time.perf_counter() - last[0], idle, last[1], verb)
+
+        return _ending
+
+    event.listen(engine, "commit", ending("COMMIT"))
+    event.listen(engine, "rollback", ending("ROLLBACK"))
+
+
+def _report_slow(took: float, threshold: float, statement: str, conn: Any) -> None:
+    shown = statement[:_SQL_SHOWN]
+    logger.warning(
+        "slow statement: %.3f s (slow_statement_threshold=%g s): %s",
+        took,
+        threshold,
+        shown,
+        extra={
+            "atom_db_duration_seconds": took,
+            "atom_db_statement": shown,
+            "atom_db_pool": getattr(conn.engine.pool, "stats_name", None),
+        },
+    )
+
+
+def _report_idle(gap: float, threshold: float, before: str, after: str) -> None:
+    frames = user_frames()
+    logger.warning(
+        "a transaction stayed open for %.3f s between two statements without using the "
+        "database (idle_in_transaction_threshold=%g s), holding its connection and locks: "
+        "something slow ran inside the session block, such as an HTTP call or a sleep. "
+        "Do it before or after the block. Between %r and %r, resumed at (innermost "
+        "first):\n%s",
+        gap,
+        threshold,
+        before[:200],
+        after[:200],
+        describe(frames),
+        extra={
+            "atom_db_idle_seconds": gap,
+            "atom_db_resumed_at": place(frames),
+        },
+    )
+
+
+@contextlib.contextmanager
+def monitoring(engine: Engine) -> Iterator[None]:
+    """Inside, the statements of this context on ``engine`` are timed (see the module
+    docstring) and each is logged at DEBUG.
+    """
+    install_statement_watch(engine, slow=None, idle=None, always=True)
+    token = MONITORED.set(True)
+    try:
+        yield
+    finally:
+        MONITORED.reset(token)
