@@ -26,7 +26,8 @@ the stand-in, never the call. When the caller is cancelled meanwhile, the call i
   connections and keep every other one.
 
 Third-party internals. This module, ``_proxies``, ``_sqlite_here``, ``_connector``,
-``_ping``, ``_pool``, ``_tracked``, ``_nesting`` and ``_engine`` rely on these, each
+``_ping``, ``_pool``, ``_stats``, ``_tracked``, ``_nesting`` and ``_engine`` rely on these,
+each
 checked by name in ``tests/atom_async_db/test_third_party_internals.py``, which says what
 breaks without it; pyproject.toml caps each driver at the versions verified:
 
@@ -36,7 +37,8 @@ breaks without it; pyproject.toml caps each driver at the versions verified:
 - sqlalchemy_asyncpg_adapter_starts_transactions,
   sqlalchemy_asyncpg_dialect_sets_readonly_and_deferrable,
   sqlalchemy_async_conn_dialect_exists, sqlalchemy_session_connection_for_bind,
-  sqlalchemy_session_transaction_connections, sqlalchemy_async_session_proxies_sync_methods;
+  sqlalchemy_session_transaction_connections, sqlalchemy_async_session_proxies_sync_methods,
+  sqlalchemy_connection_record_starttime_is_set_before_connecting;
 - asyncio_future_blocking_protocol, asyncio_task_uncancel,
   asyncio_get_running_loop_without_raising, weakset_data_is_its_set_of_references.
 """

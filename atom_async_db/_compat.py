@@ -32,6 +32,7 @@ from ._tracked import (
     merge_session_keywords,
     with_keywords,
 )
+from ._watch import monitoring
 
 __all__ = [
     "NESTED_SESSION",
@@ -57,6 +58,7 @@ __all__ = [
     "lock_sqlite_at_first_statement",
     "mask_url",
     "merge_session_keywords",
+    "monitoring",
     "place",
     "refuse_a_second_sqlite_connection",
     "turn_timeout",

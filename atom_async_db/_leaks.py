@@ -44,6 +44,7 @@ _NOT_THE_APPLICATIONS = (
     ),
     os.path.dirname(os.path.dirname(__file__)) + os.sep + "sync_compat" + os.sep,
     threading.__file__,
+    "<sqlalchemy generated",  # (the wrappers SQLAlchemy compiles for its own methods)
 )
 _DEPTH = 8  # frames kept: enough to see the route and what called it
 

@@ -36,10 +36,21 @@ from ._leaks import describe, place, user_frames
 
 logger = logging.getLogger("atom_async_db")
 
-__all__ = ["MONITORED", "install_statement_watch", "monitoring"]
+__all__ = ["MONITORED", "Timing", "install_statement_watch", "monitoring"]
 
-#: True inside a monitored session's block (``monitoring``).
-MONITORED: ContextVar[bool] = ContextVar("atom_async_db.monitored", default=False)
+
+class Timing:
+    """A monitored block's statements: how many, and their total time."""
+
+    __slots__ = ("seconds", "statements")
+
+    def __init__(self) -> None:
+        self.statements = 0
+        self.seconds = 0.0
+
+
+#: The timing of the monitored block this context is in (``monitoring``), if any.
+MONITORED: ContextVar[Timing | None] = ContextVar("atom_async_db.monitored", default=None)
 
 _STARTED = "atom_db_statement_started"  # in the pooled connection's info
 _LAST = "atom_db_last_call"  # (when the last driver call ended, its SQL), in a transaction
@@ -84,12 +95,15 @@ def install_statement_watch(
         took = now - info.pop(_STARTED, now)
         if slow is not None and took > slow:
             _report_slow(took, slow, statement, conn)
-        if time_all or MONITORED.get():
+        timing = MONITORED.get()
+        if time_all or timing is not None:
             counters = getattr(conn.engine.pool, "counters", None)
             if counters is not None:
                 with counters.lock:
                     counters.record(counters.statement_time, took)
-            if MONITORED.get():
+            if timing is not None:
+                timing.statements += 1
+                timing.seconds += took
                 logger.debug("monitored session: %.6f s: %s", took, statement[:_SQL_SHOWN])
         if idle is not None:
             info[_LAST] = (now, statement)
@@ -149,13 +163,31 @@ def _report_idle(gap: float, threshold: float, before: str, after: str) -> None:
 
 
 @contextlib.contextmanager
-def monitoring(engine: Engine) -> Iterator[None]:
-    """Inside, the statements of this context on ``engine`` are timed (see the module
-    docstring) and each is logged at DEBUG.
+def monitoring(engine: Engine) -> Iterator[Timing]:
+    """Inside, the statements of this context on ``engine`` are timed into its pool's
+    ``statement_time`` and each is logged at DEBUG; at the end one INFO line sums them up,
+    naming the application's code that opened the block.
     """
     install_statement_watch(engine, slow=None, idle=None, always=True)
-    token = MONITORED.set(True)
+    frames = user_frames()
+    timing = Timing()
+    token = MONITORED.set(timing)
+    started = time.perf_counter()
     try:
-        yield
+        yield timing
     finally:
         MONITORED.reset(token)
+        open_for = time.perf_counter() - started
+        logger.info(
+            "monitored session at %s: %d statements, %.3f s in the database, open %.3f s",
+            place(frames),
+            timing.statements,
+            timing.seconds,
+            open_for,
+            extra={
+                "atom_db_statements": timing.statements,
+                "atom_db_statement_seconds": timing.seconds,
+                "atom_db_open_seconds": open_for,
+                "atom_db_opened_at": place(frames),
+            },
+        )

@@ -25,6 +25,7 @@ from atom_async_db._compat import (
     SessionOptions,
     SessionScope,
     deliver_rearmed_cancellation,
+    monitoring,
 )
 
 from ._session import SessionLocal
@@ -173,6 +174,18 @@ async def run_legacy(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwarg
             f"run_legacy() runs sync code, and {fn!r} returned an awaitable: await it directly"
         )
     return result
+
+
+@contextmanager
+def monitored_db_session() -> Iterator[Session]:
+    """:func:`get_db_session` whose statements are timed into the pool's statistics
+    (``statement_time`` of ``pool_stats()``), each logged at DEBUG and summed up at INFO
+    when the block ends (see ``atom_async_db._watch``).
+    """
+    database = get_database()
+    engine = database.engine.sync_engine if in_greenlet() else database.sync_engine
+    with monitoring(engine), _scope(database, commit=True) as session:
+        yield session
 
 
 def _scope(

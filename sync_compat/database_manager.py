@@ -45,13 +45,18 @@ def get_db_session() -> AbstractContextManager[Session]:
     "use get_db_session() (from core.database, or sync_compat) instead"
 )
 def get_monitored_db_session() -> AbstractContextManager[Session]:
-    """Deprecated: use ``get_db_session()``; monitor pools and statements with
-    SQLAlchemy's engine events instead of through the session function.
+    """Deprecated: use ``get_db_session()``, and watch every session through the pool
+    statistics (``Database.pool_stats()``, the metrics) and the thresholds
+    (``slow_statement_threshold``, ``idle_in_transaction_threshold``, ``leak_threshold``).
+
+    Until then it is a monitored ``get_db_session()``: its statements' durations go into
+    the pool's ``statement_time`` statistics, each is logged at DEBUG and one INFO line
+    at the end gives their number and time and how long the session was open.
 
     Raises:
         What :func:`sync_compat.get_db_session` raises.
     """
-    return _scopes.get_db_session()
+    return _scopes.monitored_db_session()
 
 
 _FOR_REQUEST = (

@@ -11,7 +11,8 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,6 +160,51 @@ async def create_deferred_child_table(database: Database, prefix: str) -> str:
             )
         )
     return f"{prefix}_child"
+
+
+# --------------------------------------------------------------------------- log records
+
+
+def marker_line(path: str, marker: str) -> int:
+    """The number of the one line of ``path`` that ends with ``marker`` (a comment)."""
+    lines = Path(path).read_text().splitlines()
+    (line,) = [number for number, text in enumerate(lines, 1) if text.endswith(marker)]
+    return line
+
+
+class LogSeen(logging.Handler):
+    """The library's log records, and an event set once one matches ``wanted``."""
+
+    def __init__(self, wanted: Callable[[logging.LogRecord], bool]) -> None:
+        super().__init__(logging.DEBUG)
+        self.wanted = wanted
+        self.records: list[logging.LogRecord] = []
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if self.wanted(record):
+            self.event.set()
+
+    async def wait(self) -> None:
+        assert await asyncio.to_thread(self.event.wait, 10), "no such log record came"
+
+    def messages(self, level: int) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno == level]
+
+
+def watching_logs(wanted: Callable[[logging.LogRecord], bool]) -> Iterator[LogSeen]:
+    """Collect the ``atom_async_db`` logger's records, DEBUG and up, while inside."""
+    logger = logging.getLogger("atom_async_db")
+    seen = LogSeen(wanted)
+    level = logger.level
+    logger.addHandler(seen)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(seen)
+        logger.setLevel(level)
 
 
 # --------------------------------------------------------------------------- a real server

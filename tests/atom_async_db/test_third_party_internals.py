@@ -122,6 +122,32 @@ async def sqlalchemy_async_session_proxies_sync_methods(tmp_path: Path) -> None:
         )
 
 
+async def sqlalchemy_connection_record_starttime_is_set_before_connecting(
+    tmp_path: Path,
+) -> None:
+    # _stats: how long a connection took to open is measured from the record's starttime
+    import time
+
+    from sqlalchemy import create_engine, event
+
+    called: list[float] = []
+
+    def creator() -> sqlite3.Connection:
+        called.append(time.time())
+        return sqlite3.connect(tmp_path / "fence.db")
+
+    engine = create_engine("sqlite://", creator=creator)
+    seen: list[float] = []
+
+    @event.listens_for(engine.pool, "connect")
+    def _connected(_dbapi_connection: object, record: object) -> None:
+        seen.append(record.starttime)  # type: ignore[attr-defined]
+
+    engine.connect().close()
+    engine.dispose()
+    assert len(seen) == 1 and seen[0] <= called[0]
+
+
 async def asyncio_future_blocking_protocol(tmp_path: Path) -> None:
     # _cancel: the stand-in a task awaits instead of the driver's future
     future = asyncio.get_running_loop().create_future()
@@ -156,6 +182,7 @@ INTERNALS: list[Callable[[Path], object]] = [
     sqlalchemy_session_connection_for_bind,
     sqlalchemy_session_transaction_connections,
     sqlalchemy_async_session_proxies_sync_methods,
+    sqlalchemy_connection_record_starttime_is_set_before_connecting,
     asyncio_future_blocking_protocol,
     asyncio_task_uncancel,
     asyncio_get_running_loop_without_raising,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import subprocess
 import sys
 import warnings
@@ -117,3 +118,35 @@ def test_shims_are_deprecated_for_type_checkers() -> None:
 async def test_each_call_warns_once(db: Database) -> None:
     _, caught = _caught(lambda: [database_manager.get_db_session() for _ in range(3)])
     assert [warning.lineno for warning in caught] == [_line() - 1] * 3
+
+
+async def test_the_monitored_session_times_its_statements_into_the_pool_statistics(
+    db: Database, run: Any
+) -> None:
+    from sqlalchemy import text
+
+    from tests.helpers import watching_logs
+
+    def legacy_code() -> int:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            line = _line() + 1
+            with database_manager.get_monitored_db_session() as session:
+                session.execute(text("select 1"))
+                session.execute(text("select 2"))
+            with database_manager.get_db_session() as session:  # not monitored
+                session.execute(text("select 3"))
+        return line
+
+    logs = watching_logs(lambda record: False)
+    seen = next(logs)
+    try:
+        line = await run(legacy_code)
+    finally:
+        logs.close()
+    assert db.pool_stats().statement_time.count == 2
+    [summary] = [m for m in seen.messages(logging.INFO) if m.startswith("monitored session")]
+    assert summary.startswith(
+        f"monitored session at {__file__}:{line} in legacy_code: 2 statements"
+    )
+    assert len([m for m in seen.messages(logging.DEBUG) if m.startswith("monitored")]) == 2
