@@ -67,9 +67,10 @@ class Database:
             ``cleanup_timeout``, ``drain_timeout``, ``cancel_grace``,
             ``sqlite_busy_timeout``, ``sqlite_loop_limit``, ``server_pooler``,
             ``replica_urls``, ``max_replica_lag``, ``replica_check_interval``,
-            ``worker_processes``, the session classes, and for the legacy layer
-            ``sync_pool_size``, ``sync_max_overflow``, ``sync_on_event_loop``; each also
-            settable by environment (see the README).
+            ``worker_processes``, ``pool_name``, ``leak_threshold``,
+            ``idle_in_transaction_threshold``, ``slow_statement_threshold``, the session
+            classes, and for the legacy layer ``sync_pool_size``, ``sync_max_overflow``,
+            ``sync_on_event_loop``; each also settable by environment (see the README).
 
     Raises:
         ConfigurationError: the URL or an option is invalid (the message says which).
@@ -282,7 +283,8 @@ class Database:
         """Check that the database answers within ``timeout`` seconds.
 
         One round trip on a pooled connection of this loop's engine; returns the seconds
-        it took::
+        it took. A connection attempt the deadline cuts short may take ``cancel_grace``
+        longer to settle::
 
             try:
                 await database.ping(timeout=2)
@@ -290,9 +292,8 @@ class Database:
                 print(f"not ready: {error}")
 
         Raises:
-            DatabaseUnavailableError: no answer within ``timeout`` (server down, unreachable
-                or overloaded, or every connection of the pool in use meanwhile: the
-                message gives the pool's figures), or the connection failed.
+            DatabaseUnavailableError: no answer within ``timeout`` (the server down or
+                overloaded, or the pool busy: the message says), or the connection failed.
             DatabaseDisposedError: the database was disposed.
             NoEventLoopError: called outside a running event loop.
         """
@@ -301,7 +302,6 @@ class Database:
             self.engine,
             timeout=timeout,
             pinged_on_checkout=settings.pool_pre_ping or settings.server_pooler != "none",
-            stats=self.pool_stats,
             name=settings.display_url,
         )
 

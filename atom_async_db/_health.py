@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ._stats import PoolStats
+from ._pool import FairPool
 from .exceptions import DatabaseUnavailableError, PoolTimeoutError
 
 __all__ = ["ping"]
@@ -22,7 +21,6 @@ async def ping(
     *,
     timeout: float,  # noqa: ASYNC109 (the caller's deadline, as Database.ping's)
     pinged_on_checkout: bool,
-    stats: Callable[[], PoolStats],
     name: str,
 ) -> float:
     """One round trip on a connection of ``engine``'s pool; the seconds it took.
@@ -35,6 +33,8 @@ async def ping(
         DatabaseUnavailableError: no answer within ``timeout`` seconds, or the connection
             failed; the message says which, and whether the pool was saturated.
     """
+    pool = engine.sync_engine.pool
+    before = pool.stats() if isinstance(pool, FairPool) else None  # (not the app's own pool)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(timeout):
@@ -42,13 +42,17 @@ async def ping(
                 if not pinged_on_checkout:
                     await connection.exec_driver_sql("SELECT 1")
     except TimeoutError:
-        now = stats()
-        waiting = f", {now.waiting} callers waiting" if now.waiting else ""
+        limit = -1 if before is None else before.pool_size + before.max_overflow
+        if before is not None and before.max_overflow >= 0 and before.in_use >= limit:
+            why = (
+                f"every connection of its pool was in use ({before.in_use} of pool_size + "
+                f"max_overflow = {limit}, {before.waiting} callers waiting before the "
+                "ping), and none came free"
+            )
+        else:
+            why = "the server is down, unreachable or overloaded"
         raise DatabaseUnavailableError(
-            f"the database {name} did not answer a ping within {timeout:g} s: the server "
-            f"is down, unreachable or overloaded, or no pooled connection became free "
-            f"(in use: {now.in_use} of {now.pool_size} + {now.max_overflow} "
-            f"overflow{waiting})"
+            f"the database {name} did not answer a ping within {timeout:g} s: {why}"
         ) from None
     except DatabaseUnavailableError:
         raise
