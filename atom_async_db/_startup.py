@@ -37,7 +37,7 @@ from ._settings import Settings
 
 logger = logging.getLogger("atom_async_db")
 
-__all__ = ["StartupCheck"]
+__all__ = ["FACTS_QUERY", "Budget", "StartupCheck", "budget", "pgbouncer_config", "worker_count"]
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,75 @@ def _count(number: float) -> str:
     return "unlimited" if number == math.inf else str(int(number))
 
 
-def _workers(settings: Settings) -> tuple[int, str]:
+def worker_count(settings: Settings) -> tuple[int, str]:
     if settings.worker_processes is not None:
         return settings.worker_processes, "worker_processes"
     text = os.environ.get("WEB_CONCURRENCY", "").strip()
     return (int(text), "WEB_CONCURRENCY") if text.isdigit() and int(text) else (1, "default")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """This application's connections at most, against what the server or PgBouncer
+    accepts.
+    """
+
+    total: float
+    """Connections all the processes may open (``math.inf``: a pool without a limit)."""
+    arithmetic: str
+    """How ``total`` is reached: processes x (pools per process)."""
+    warnings: tuple[str, ...]
+    """One per limit ``total`` exceeds, each saying what to change."""
+
+
+def budget(
+    settings: Settings,
+    kinds: set[str],
+    max_connections: int,
+    reserved: int,
+    pgbouncer: dict[str, str] | None,
+) -> Budget:
+    """The connection budget of ``settings``' processes on the pools in use (``kinds``:
+    ``"async"``, ``"sync"``), against the server's ``max_connections - reserved``, or
+    behind ``server_pooler`` against PgBouncer's ``SHOW CONFIG`` (None: unknown).
+    """
+    per_process, parts = _per_process(settings, kinds)
+    workers, source = worker_count(settings)
+    total = workers * per_process
+    arithmetic = (
+        f"{workers} worker process{'es' if workers > 1 else ''} ({source}) x "
+        f"({parts} per process) = {_count(total)} connections at most"
+    )
+    server = server_of(settings.url)
+    warnings = []
+    if settings.server_pooler == "none":
+        allowed = max_connections - reserved
+        if total > allowed:
+            warnings.append(
+                f"{arithmetic}, but the server at {server} accepts {allowed} "
+                f"(max_connections {max_connections} - superuser_reserved_connections "
+                f"{reserved}): under load some will fail with 'too many clients already'. "
+                "Lower pool_size and max_overflow (and sync_pool_size, sync_max_overflow), "
+                "raise max_connections, or put PgBouncer in front (server_pooler='pgbouncer')."
+            )
+    elif pgbouncer is not None:
+        clients = int(pgbouncer.get("max_client_conn", "0"))
+        if total > clients:
+            warnings.append(
+                f"{arithmetic}, but PgBouncer at {server} accepts {clients} clients "
+                "(max_client_conn): past that, connections are refused. Lower pool_size "
+                "and max_overflow, or raise max_client_conn."
+            )
+        pool = int(pgbouncer.get("default_pool_size", "0"))
+        if pgbouncer.get("pool_mode") == "session" and total > pool:
+            warnings.append(
+                f"{arithmetic}, but PgBouncer at {server} pools in session mode with "
+                f"default_pool_size {pool}: each connection holds a server connection for "
+                f"as long as it is open, so those past {pool} wait for one until "
+                "pool_timeout (PoolTimeoutError). Make pool_size + max_overflow, times the "
+                f"processes, at most {pool}, or use pool_mode = transaction."
+            )
+    return Budget(total, arithmetic, tuple(warnings))
 
 
 class StartupCheck:
@@ -128,24 +192,24 @@ class StartupCheck:
         # In a transaction, which a pooler keeps on one server connection, and unnamed, so
         # that nothing is left prepared on that server connection for another client.
         async with driver.transaction():
-            statement = await driver.prepare(_FACTS_QUERY, name="")
+            statement = await driver.prepare(FACTS_QUERY, name="")
             row = await statement.fetchrow()
         if self._settings.server_pooler == "none":
             return self._direct_facts(row, driver.get_server_pid())
-        config = await asyncio.to_thread(_pgbouncer_config, self._settings)
+        config = await asyncio.to_thread(pgbouncer_config, self._settings)
         return _Facts(row[1], row[2], config)
 
     def _sync_facts(self, dbapi_connection: Any) -> _Facts:
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(_FACTS_QUERY)
+            cursor.execute(FACTS_QUERY)
             row = cursor.fetchone()
         finally:
             cursor.close()
         dbapi_connection.rollback()  # (psycopg began a transaction for it)
         if self._settings.server_pooler == "none":
             return self._direct_facts(row, dbapi_connection.info.backend_pid)
-        return _Facts(row[1], row[2], _pgbouncer_config(self._settings))
+        return _Facts(row[1], row[2], pgbouncer_config(self._settings))
 
     @staticmethod
     def _direct_facts(row: Any, announced: int) -> _Facts:
@@ -159,56 +223,18 @@ class StartupCheck:
         return _Facts(max_connections, reserved, unannounced_pooler=unannounced)
 
     def _evaluate(self) -> None:
-        facts, settings = self._facts, self._settings
+        facts = self._facts
         if facts is None or self._warned or facts.unannounced_pooler:
             return
-        per_process, parts = _per_process(settings, self._kinds)
-        workers, source = _workers(settings)
-        total = workers * per_process
-        arithmetic = (
-            f"{workers} worker process{'es' if workers > 1 else ''} ({source}) x "
-            f"({parts} per process) = {_count(total)} connections at most"
+        found = budget(
+            self._settings, self._kinds, facts.max_connections, facts.reserved, facts.pgbouncer
         )
-        server = server_of(settings.url)
-        if settings.server_pooler == "none":
-            allowed = facts.max_connections - facts.reserved
-            if total > allowed:
-                self._warn(
-                    f"connection budget: {arithmetic}, but the server at {server} accepts "
-                    f"{allowed} (max_connections {facts.max_connections} - "
-                    f"superuser_reserved_connections {facts.reserved}): under load some will "
-                    "fail with 'too many clients already'. Lower pool_size and max_overflow "
-                    "(and sync_pool_size, sync_max_overflow), raise max_connections, or put "
-                    "PgBouncer in front (server_pooler='pgbouncer')."
-                )
-            return
-        config = facts.pgbouncer
-        if config is None:
-            return
-        clients = int(config.get("max_client_conn", "0"))
-        if total > clients:
-            self._warn(
-                f"connection budget: {arithmetic}, but PgBouncer at {server} accepts "
-                f"{clients} clients (max_client_conn): past that, connections are refused. "
-                "Lower pool_size and max_overflow, or raise max_client_conn."
-            )
-        pool = int(config.get("default_pool_size", "0"))
-        if config.get("pool_mode") == "session" and total > pool:
-            self._warn(
-                f"connection budget: {arithmetic}, but PgBouncer at {server} pools in "
-                f"session mode with default_pool_size {pool}: each connection holds a "
-                "server connection for as long as it is open, so those past "
-                f"{pool} wait for one until pool_timeout (PoolTimeoutError). Make "
-                f"pool_size + max_overflow, times the processes, at most {pool}, or use "
-                "pool_mode = transaction."
-            )
-
-    def _warn(self, message: str) -> None:
-        self._warned = True
-        logger.warning("%s", message)
+        for warning in found.warnings:
+            self._warned = True
+            logger.warning("connection budget: %s", warning)
 
 
-_FACTS_QUERY = (
+FACTS_QUERY = (
     "SELECT pg_backend_pid(), current_setting('max_connections')::int, "
     "current_setting('superuser_reserved_connections')::int"
 )
@@ -226,7 +252,7 @@ def _warn_pooler(announced: int, actual: int) -> None:
     )
 
 
-def _pgbouncer_config(settings: Settings) -> dict[str, str] | None:
+def pgbouncer_config(settings: Settings) -> dict[str, str] | None:
     """PgBouncer's ``SHOW CONFIG`` (its admin console takes the simple protocol only,
     which psycopg's client-side cursors speak), or None when it cannot be read.
     """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import logging
 import threading
 import time
 import weakref
@@ -25,6 +26,8 @@ from typing import Any, Literal
 
 from sqlalchemy import event
 from sqlalchemy.pool import Pool
+
+logger = logging.getLogger("atom_async_db")
 
 __all__ = [
     "BOUNDS",
@@ -167,7 +170,10 @@ class PoolCounters:
         histogram.record(seconds)
         if self.listeners:
             for listener in self.listeners:
-                listener(self.name, histogram.name, seconds)
+                try:
+                    listener(self.name, histogram.name, seconds)
+                except Exception:  # an exporter's failure must not fail a checkout
+                    logger.exception("a pool statistics listener failed")
 
     def add(self, other: PoolCounters) -> None:
         """Count ``other``'s figures here too (a pool that is gone, kept in the totals)."""

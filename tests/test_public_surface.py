@@ -17,8 +17,11 @@ import pytest
 PUBLIC_MODULES = (
     "atom_async_db",
     "atom_async_db.alembic",
+    "atom_async_db.cli",
     "atom_async_db.exceptions",
     "atom_async_db.fastapi",
+    "atom_async_db.otel",
+    "atom_async_db.prometheus",
     "atom_async_db.testing",
     "sync_compat",
     "sync_compat.database_manager",
