@@ -38,7 +38,8 @@ breaks without it; pyproject.toml caps each driver at the versions verified:
   sqlalchemy_asyncpg_dialect_sets_readonly_and_deferrable,
   sqlalchemy_async_conn_dialect_exists, sqlalchemy_session_connection_for_bind,
   sqlalchemy_session_transaction_connections, sqlalchemy_async_session_proxies_sync_methods,
-  sqlalchemy_connection_record_starttime_is_set_before_connecting;
+  sqlalchemy_connection_record_starttime_is_set_before_connecting,
+  sqlalchemy_pool_logger_namespace;
 - asyncio_future_blocking_protocol, asyncio_task_uncancel,
   asyncio_get_running_loop_without_raising, weakset_data_is_its_set_of_references.
 """

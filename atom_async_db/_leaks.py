@@ -10,7 +10,8 @@ an INFO line when it finally comes back. There is no timer per session, and with
 
 ``user_frames()`` is also how the other reports (long transactions, sessions still open
 at shutdown) name the application's code: the innermost frames that are not the
-library's, SQLAlchemy's, greenlet's or asyncio's; from inside SQLAlchemy's greenlet, the
+library's, SQLAlchemy's, greenlet's, asyncio's or a framework's (Starlette, FastAPI,
+anyio, uvicorn, pytest); from inside SQLAlchemy's greenlet, the
 awaiting coroutines' frames are those of the greenlet that started it.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import sys
@@ -37,6 +39,18 @@ __all__ = ["Frames", "LeakWatch", "describe", "place", "still_open_places", "use
 #: (file, line, function) of the application's frames, innermost first.
 Frames = tuple[tuple[str, int, str], ...]
 
+
+def _package_directory(name: str) -> str | None:
+    """Where package ``name`` is installed, without importing it; None if it is not."""
+    spec = importlib.util.find_spec(name)
+    locations = spec.submodule_search_locations if spec is not None else None
+    return os.path.join(next(iter(locations)), "") if locations else None
+
+
+# The frameworks between the application's code and ours: their frames are noise in a
+# report that should name the application's line.
+_FRAMEWORKS = ("starlette", "fastapi", "anyio", "uvicorn", "_pytest", "pluggy", "pytest_asyncio")
+
 _NOT_THE_APPLICATIONS = (
     *(
         os.path.dirname(module.__file__ or "") + os.sep
@@ -45,8 +59,10 @@ _NOT_THE_APPLICATIONS = (
     os.path.dirname(os.path.dirname(__file__)) + os.sep + "sync_compat" + os.sep,
     threading.__file__,
     "<sqlalchemy generated",  # (the wrappers SQLAlchemy compiles for its own methods)
+    *filter(None, map(_package_directory, _FRAMEWORKS)),
 )
 _DEPTH = 8  # frames kept: enough to see the route and what called it
+_TASK_STEP = asyncio.events.Handle._run.__code__  # (where the loop runs a task's step)
 
 
 def frames_of(frame: types.FrameType | None, frames: list[tuple[str, int, str]]) -> None:
@@ -55,9 +71,21 @@ def frames_of(frame: types.FrameType | None, frames: list[tuple[str, int, str]])
     """
     while frame is not None and len(frames) < _DEPTH:
         code = frame.f_code
-        if not code.co_filename.startswith(_NOT_THE_APPLICATIONS):
+        if code is _TASK_STEP:  # what lies beyond is the event loop's, not the task's
+            return
+        if _is_the_applications(code.co_filename):
             frames.append((code.co_filename, frame.f_lineno, code.co_name))
         frame = frame.f_back
+
+
+def _is_the_applications(filename: str) -> bool:
+    known = _APPLICATIONS_FILES.get(filename)
+    if known is None:
+        known = _APPLICATIONS_FILES[filename] = not filename.startswith(_NOT_THE_APPLICATIONS)
+    return known
+
+
+_APPLICATIONS_FILES: dict[str, bool] = {}  # (one entry per source file: a bounded cache)
 
 
 def user_frames() -> Frames:
@@ -110,7 +138,7 @@ class LeakWatch:
             frames = self._reported.pop(record, None)
         if frames is not None:
             logger.info(
-                "a database connection reported as held too long came back after %.1f s, "
+                "a database connection reported as held too long came back after %.3g s, "
                 "taken at %s",
                 held,
                 place(frames),
@@ -133,7 +161,7 @@ class LeakWatch:
                 overdue.append((now - since, frames))
         for held, frames in overdue:
             logger.warning(
-                "a database connection has been checked out for %.1f s (leak_threshold=%g s) "
+                "a database connection has been checked out for %.3g s (leak_threshold=%g s) "
                 "and is still held: a session or connection that is never closed, or one "
                 "held across slow work. It was taken at (innermost first):\n%s",
                 held,
@@ -162,7 +190,7 @@ def still_open_places(scopes: Iterable[Any]) -> list[str]:
             # (A suspended coroutine's frames are not linked: each is looked at alone.)
             for frame in reversed(owner.get_stack()):
                 code = frame.f_code
-                if not code.co_filename.startswith(_NOT_THE_APPLICATIONS):
+                if _is_the_applications(code.co_filename):
                     frames.append((code.co_filename, frame.f_lineno, code.co_name))
             name = f"task {owner.get_name()!r}"
         elif isinstance(owner, threading.Thread):

@@ -68,6 +68,9 @@ class FairPool(Pool):
 
     settings_names = ("pool_size", "max_overflow", "pool_timeout")
     kind: PoolKind = "sync"
+    # SQLAlchemy's pool messages ("checked out", "returned to pool") go where its own
+    # pools' go, under sqlalchemy.pool, not under the application-facing atom_async_db.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.FairPool"
 
     def __init__(
         self,
@@ -371,6 +374,7 @@ class FairAsyncPool(FairPool):
     _is_asyncio = True
     _dialect = _AsyncConnDialect()
     kind: PoolKind = "async"
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.FairAsyncPool"
 
     # One timer for all waiters, not one each: they share a timeout, so the oldest waiter's
     # deadline comes first, and the timer is set again only when it fires.

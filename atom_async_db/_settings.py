@@ -229,7 +229,10 @@ class Settings:
         url = self.url
         if self.dialect == "sqlite":
             return f"sqlite:{url.database or ''}"
-        return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+        # (A Unix socket's directory, or several hosts, come in the query: ?host=&port=)
+        host = url.host or _joined(url.query.get("host")) or "localhost"
+        port = url.port or _joined(url.query.get("port")) or 5432
+        return f"{host}:{port}/{url.database or ''}"
 
     # ``pool_timeout`` bounds three waits, each named where it is used:
     @property
@@ -258,6 +261,10 @@ class Settings:
             for name, value in vars(self).items()
         }
         return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
+
+
+def _joined(value: str | tuple[str, ...] | None) -> str:
+    return ",".join(value) if isinstance(value, tuple) else value or ""
 
 
 # Settings a URL's query may carry, which are ours, not a driver's: libpq would take

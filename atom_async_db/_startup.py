@@ -113,6 +113,10 @@ def budget(
     )
     server = server_of(settings.url)
     warnings = []
+    if "poolclass" in settings.engine_options:
+        # The application's own pool (NullPool behind PgBouncer): its limits are not ours.
+        arithmetic = "not counted: the pool is the application's own (engine_options poolclass)"
+        return Budget(math.inf, arithmetic, ())
     if settings.server_pooler == "none":
         allowed = max_connections - reserved
         if total > allowed:

@@ -238,7 +238,8 @@ class PoolStats:
     timeouts: int
     """Callers that gave up after ``pool_timeout`` (:class:`PoolTimeoutError`) since start."""
     wait_time: HistogramStats
-    """Time each checkout took to get a connection (0 when one was free)."""
+    """Time each checkout took to get a connection (0 when one was free); callers that
+    gave up are in ``timeouts``, not here."""
     use_time: HistogramStats
     """Time from each checkout to the connection's return."""
     connect_time: HistogramStats

@@ -104,7 +104,7 @@ def install_statement_watch(
             if timing is not None:
                 timing.statements += 1
                 timing.seconds += took
-                logger.debug("monitored session: %.6f s: %s", took, statement[:_SQL_SHOWN])
+                logger.debug("monitored session: %.3g s: %s", took, statement[:_SQL_SHOWN])
         if idle is not None:
             info[_LAST] = (now, statement)
 
@@ -130,7 +130,7 @@ def install_statement_watch(
 def _report_slow(took: float, threshold: float, statement: str, conn: Any) -> None:
     shown = statement[:_SQL_SHOWN]
     logger.warning(
-        "slow statement: %.3f s (slow_statement_threshold=%g s): %s",
+        "slow statement: %.3g s (slow_statement_threshold=%g s): %s",
         took,
         threshold,
         shown,
@@ -145,7 +145,7 @@ def _report_slow(took: float, threshold: float, statement: str, conn: Any) -> No
 def _report_idle(gap: float, threshold: float, before: str, after: str) -> None:
     frames = user_frames()
     logger.warning(
-        "a transaction stayed open for %.3f s between two statements without using the "
+        "a transaction stayed open for %.3g s between two statements without using the "
         "database (idle_in_transaction_threshold=%g s), holding its connection and locks: "
         "something slow ran inside the session block, such as an HTTP call or a sleep. "
         "Do it before or after the block. Between %r and %r, resumed at (innermost "
@@ -179,7 +179,7 @@ def monitoring(engine: Engine) -> Iterator[Timing]:
         MONITORED.reset(token)
         open_for = time.perf_counter() - started
         logger.info(
-            "monitored session at %s: %d statements, %.3f s in the database, open %.3f s",
+            "monitored session at %s: %d statements, %.3g s in the database, open %.3g s",
             place(frames),
             timing.statements,
             timing.seconds,

@@ -175,10 +175,12 @@ def health_router(
       <atom_async_db.Database.ping>`) within ``timeout`` seconds and the pool is not
       saturated; else 503, with a body that names the failed check:
 
-      - ``{"status": "unavailable", "pool": "saturated", "waiting": 37, "in_use": 10,
-        "max": 10}``: more than ``max_waiting`` callers wait for a connection (checked
-        first, without a ping, which would only queue behind them). ``max`` is
-        ``pool_size + max_overflow`` (``null`` without a limit).
+      - ``{"status": "unavailable", "pool": "saturated", "name": "db:5432/app",
+        "waiting": 37, "in_use": 10, "max": 10}``: more than ``max_waiting`` callers wait
+        for a connection of one pool (checked first, without a ping, which would only
+        queue behind them); the figures are that pool's (an event loop's, or the legacy
+        layer's sync pool, whose name ends with `` (sync)``). ``max`` is ``pool_size +
+        max_overflow`` (``null`` without a limit).
       - ``{"status": "unavailable", "database": "unreachable", "detail": "..."}``: the
         ping failed or timed out; ``detail`` is its message (password masked).
       - ``{"status": "unavailable", "database": "disposed", "detail": "..."}``: the
@@ -219,11 +221,16 @@ def health_router(
     @router.get("/readyz")
     async def readyz() -> JSONResponse:
         db = get_database() if database is None else database
-        stats = db.pool_stats()
-        if stats.waiting > max_waiting:
-            limit = None if stats.max_overflow < 0 else stats.pool_size + stats.max_overflow
+        busy = [pool for pool in db.pool_stats().pools if pool.waiting > max_waiting]
+        if busy:
+            pool = max(busy, key=lambda pool: pool.waiting)
+            limit = None if pool.max_overflow < 0 else pool.pool_size + pool.max_overflow
             return _unavailable(
-                pool="saturated", waiting=stats.waiting, in_use=stats.in_use, max=limit
+                pool="saturated",
+                name=pool.name,
+                waiting=pool.waiting,
+                in_use=pool.in_use,
+                max=limit,
             )
         try:
             seconds = await db.ping(timeout=timeout)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import NoReturn
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Errors are reported on stderr and by the exit status: 0 done, 2 unreachable, 64 bad
     usage or configuration (``atom-db --help``). Ctrl-C ends ``stats`` with 0, and any
-    other command with 130.
+    other command with 130; a reader that closes the pipe (``| head``) with 0.
 
     Raises:
         Nothing: every failure becomes a message and an exit status (``--help`` and
@@ -105,3 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return code if isinstance(code, int) else 0 if code is None else _command.EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # (`atom-db stats URL | head`: the reader has what it wanted)
+        # Python flushes stdout again at exit; point it where that cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _command.EXIT_OK

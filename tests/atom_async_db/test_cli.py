@@ -393,6 +393,21 @@ def test_stats_redraws_a_terminal_with_rates_and_ends_on_ctrl_c() -> None:
     assert row[7] == "0.0"
 
 
+def test_stats_into_a_pipe_closed_early_exits_0_quietly() -> None:
+    atom_db = Path(sys.executable).with_name("atom-db")
+    with metrics_server(lambda _: exposition()) as base:
+        # A reader that stops reading at once (`| head -0`): every write hits a closed pipe.
+        stats = subprocess.Popen(
+            [str(atom_db), "stats", base, "--interval", "0.01"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert stats.stdout is not None
+        stats.stdout.close()
+        _, errors = stats.communicate(timeout=30)
+    assert (stats.returncode, errors) == (0, b"")
+
+
 def test_stats_on_a_closed_port_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{free_port()}/metrics"
     assert main(["stats", url, "--once"]) == 2

@@ -24,6 +24,7 @@ import atom_async_db
 from atom_async_db import Database, DatabaseUnavailableError
 from atom_async_db import _default as default_module
 from atom_async_db.fastapi import AsyncDB, health_router, lifespan
+from sync_compat import get_db_session
 from tests.fixtures.cluster import ThrowawayCluster
 from tests.helpers import APP_NAME, assert_no_error_logs, assert_no_leaks, serve
 
@@ -163,6 +164,12 @@ async def test_readyz_is_503_while_callers_wait_for_a_connection(
     make_default: Callable[..., Any],
 ) -> None:
     db: Database = await make_default(pool_size=1, max_overflow=0)
+
+    def legacy() -> None:  # the sync pool, whose figures are not the async pool's
+        with get_db_session() as session:
+            session.execute(text("select 1"))
+
+    await asyncio.to_thread(legacy)
     app = FastAPI()
     app.include_router(health_router())
     app.include_router(health_router(prefix="/lenient", max_waiting=1, timeout=0.3))
@@ -199,6 +206,7 @@ async def test_readyz_is_503_while_callers_wait_for_a_connection(
     assert saturated.json() == {
         "status": "unavailable",
         "pool": "saturated",
+        "name": db.settings.stats_name,
         "waiting": 1,
         "in_use": 1,
         "max": 1,

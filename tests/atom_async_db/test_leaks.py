@@ -8,11 +8,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import text
 
 from atom_async_db import Database
+from atom_async_db.fastapi import AsyncDB
 from sync_compat import get_db_session
 from tests.helpers import APP_NAME, LogSeen, marker_line, watching_logs
 
@@ -120,3 +124,25 @@ async def test_dispose_reports_the_sessions_still_open_and_where(
     [warning] = leak_warning.messages(logging.WARNING)
     assert "1 sessions were still open" in warning
     assert f"task 'stuck-worker', at {__file__}:{line_of('# still open at dispose')}" in warning
+
+
+async def test_a_routes_leak_names_the_route_not_the_framework(
+    make_default: Any, leak_warning: LogSeen
+) -> None:
+    await make_default(leak_threshold=0.1)
+    app = FastAPI()
+
+    @app.get("/slow")
+    async def slow(db: AsyncDB) -> dict[str, int]:
+        await db.execute(text("select 1"))  # the route takes it
+        await asyncio.to_thread(leak_warning.event.wait, 10)
+        return {}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/slow")).status_code == 200
+    [warning] = leak_warning.messages(logging.WARNING)
+    frames = [line for line in warning.splitlines() if line.startswith("  File ")]
+    assert frames[0] == f'  File "{__file__}", line {line_of("# the route takes it")}, in slow'
+    frameworks = ("/starlette/", "/fastapi/", "/anyio/")
+    assert not [line for line in frames if any(name in line for name in frameworks)]

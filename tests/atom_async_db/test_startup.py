@@ -66,6 +66,17 @@ async def test_a_pool_without_a_limit_never_fits(
     assert "1 worker process (default) x (unlimited async per process) = unlimited conn" in logs
 
 
+async def test_the_applications_own_pool_is_not_weighed(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sqlalchemy.pool import NullPool
+
+    logs = await _first_session_logs(
+        postgres_url, caplog, worker_processes=50, engine_options={"poolclass": NullPool}
+    )
+    assert "connection budget" not in logs  # (its limits are its own: none of ours)
+
+
 async def test_pools_that_fit_get_no_warning(
     postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

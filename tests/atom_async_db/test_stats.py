@@ -208,6 +208,8 @@ def test_pool_names_carry_no_password() -> None:
     assert stats.name == "db.example:6543/shop"
     assert "s3cret" not in repr(stats)
     assert Database("sqlite:///x.db", pool_name="orders").pool_stats().name == "orders"
+    socket = Database("postgresql://app:pw@/shop?host=/run/postgresql&port=5433")
+    assert socket.pool_stats().name == "/run/postgresql:5433/shop"
 
 
 def test_percentiles_are_read_from_buckets_at_most_a_quarter_above() -> None:

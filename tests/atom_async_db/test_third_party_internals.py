@@ -148,6 +148,15 @@ async def sqlalchemy_connection_record_starttime_is_set_before_connecting(
     assert len(seen) == 1 and seen[0] <= called[0]
 
 
+async def sqlalchemy_pool_logger_namespace(tmp_path: Path) -> None:
+    # _pool: our pools log under sqlalchemy.pool, as SQLAlchemy's own do
+    from sqlalchemy.log import _qual_logger_name_for_cls
+
+    from atom_async_db._pool import FairAsyncPool
+
+    assert _qual_logger_name_for_cls(FairAsyncPool) == "sqlalchemy.pool.impl.FairAsyncPool"
+
+
 async def asyncio_future_blocking_protocol(tmp_path: Path) -> None:
     # _cancel: the stand-in a task awaits instead of the driver's future
     future = asyncio.get_running_loop().create_future()
@@ -183,6 +192,7 @@ INTERNALS: list[Callable[[Path], object]] = [
     sqlalchemy_session_transaction_connections,
     sqlalchemy_async_session_proxies_sync_methods,
     sqlalchemy_connection_record_starttime_is_set_before_connecting,
+    sqlalchemy_pool_logger_namespace,
     asyncio_future_blocking_protocol,
     asyncio_task_uncancel,
     asyncio_get_running_loop_without_raising,
