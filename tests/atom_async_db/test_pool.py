@@ -5,6 +5,7 @@ were handed; and (``_ping``) a session's BEGIN doubling as its connection's ping
 from __future__ import annotations
 
 import asyncio
+import logging
 import statistics
 import threading
 from collections.abc import Callable
@@ -367,3 +368,21 @@ def test_a_thread_interrupted_while_waiting_passes_its_turn_on(tmp_path: Any) ->
         assert connection.exec_driver_sql("select 1").scalar() == 1
     assert engine.pool.checkedout() == 0
     database.dispose_sync_engine()
+
+
+async def test_the_pools_own_messages_go_where_sqlalchemys_pools_do(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An application that turns atom_async_db's logger up (for the leak reports' INFO
+    # lines) does not get every checkout and return; sqlalchemy.pool's does.
+    database = Database(f"sqlite:///{tmp_path / 'x.db'}", echo=False)
+    with (
+        caplog.at_level(logging.DEBUG, logger="atom_async_db"),
+        caplog.at_level(logging.DEBUG, logger="sqlalchemy.pool"),
+    ):
+        async with database.get_async_db_session() as session:
+            await session.execute(text("select 1"))
+        await database.dispose()
+    pool_messages = [r for r in caplog.records if "returned to pool" in r.getMessage()]
+    assert pool_messages
+    assert {r.name for r in pool_messages} == {"sqlalchemy.pool.impl.FairAsyncPool"}
