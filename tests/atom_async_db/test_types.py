@@ -74,3 +74,18 @@ def test_retry_on_conflict_keeps_the_functions_type() -> None:
 def test_an_unknown_session_option_is_named() -> None:
     with pytest.raises(ConfigurationError, match="unknown session option 'read_olny'"):
         get_async_db_session(read_olny=True)  # type: ignore[call-arg]
+
+
+def test_operations_entry_points_have_their_types() -> None:
+    from fastapi import APIRouter, FastAPI
+
+    from atom_async_db import HistogramStats, PoolStats
+    from atom_async_db.fastapi import health_router, lifespan
+
+    stats = Database("sqlite:///unused.db").pool_stats()
+    assert_type(stats, PoolStats)
+    assert_type(stats.wait_time, HistogramStats)
+    assert_type(stats.pools, tuple[PoolStats, ...])
+    assert_type(health_router(), APIRouter)
+    FastAPI(lifespan=lifespan)
+    FastAPI(lifespan=lifespan(check=True, check_timeout=3))
