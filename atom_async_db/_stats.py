@@ -74,13 +74,11 @@ class Histogram:
         if seconds > self.maximum:
             self.maximum = seconds
 
-    def add(self, other: Histogram) -> None:
-        """Count ``other``'s samples here too."""
-        self.counts = [
-            mine + theirs for mine, theirs in zip(self.counts, other.counts, strict=True)
-        ]
-        self.total += other.total
-        self.maximum = max(self.maximum, other.maximum)
+    def add(self, counts: Iterable[int], total: float, maximum: float) -> None:
+        """Count another histogram's samples (its bucket counts, sum and max) here too."""
+        self.counts = [mine + theirs for mine, theirs in zip(self.counts, counts, strict=True)]
+        self.total += total
+        self.maximum = max(self.maximum, maximum)
 
     def snapshot(self) -> HistogramStats:
         counts = tuple(self.counts)
@@ -180,7 +178,19 @@ class PoolCounters:
         for name in ("opened", "closed", "discarded", "checkouts", "timeouts"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in HISTOGRAMS:
-            getattr(self, name).add(getattr(other, name))
+            theirs: Histogram = getattr(other, name)
+            getattr(self, name).add(theirs.counts, theirs.total, theirs.maximum)
+
+    def add_snapshot(self, stats: PoolStats) -> None:
+        """Count the figures since start of ``stats`` (a snapshot) here too."""
+        self.opened += stats.connections_opened
+        self.closed += stats.connections_closed
+        self.discarded += stats.connections_discarded
+        self.checkouts += stats.checkouts
+        self.timeouts += stats.timeouts
+        for name in HISTOGRAMS:
+            figures: HistogramStats = getattr(stats, name)
+            getattr(self, name).add(figures.bucket_counts, figures.sum, figures.max)
 
 
 PoolKind = Literal["async", "sync", "all"]
@@ -250,6 +260,9 @@ class PoolStats:
     (``sync_compat.database_manager.get_monitored_db_session``)."""
     pools: tuple[PoolStats, ...] = ()
     """Each pool's own snapshot (only in the sum)."""
+    retired: PoolStats | None = None
+    """Only in the sum: the figures since start of the pools that are gone (the engine of
+    an event loop that ended), which the sum's counts include."""
 
     @property
     def saturated(self) -> bool:
@@ -298,20 +311,8 @@ def sum_stats(name: str, pools: Iterable[PoolStats], retired: PoolCounters) -> P
     total = PoolCounters()
     total.add(retired)
     for pool in pools:
-        total.opened += pool.connections_opened
-        total.closed += pool.connections_closed
-        total.discarded += pool.connections_discarded
-        total.checkouts += pool.checkouts
-        total.timeouts += pool.timeouts
-        for histogram_name in HISTOGRAMS:
-            histogram: Histogram = getattr(total, histogram_name)
-            figures: HistogramStats = getattr(pool, histogram_name)
-            histogram.counts = [
-                mine + theirs
-                for mine, theirs in zip(histogram.counts, figures.bucket_counts, strict=True)
-            ]
-            histogram.total += figures.sum
-            histogram.maximum = max(histogram.maximum, figures.max)
+        total.add_snapshot(pool)
+    gone = snapshot_of(name, "all", retired, pool_size=0, max_overflow=0, open=0, idle=0, waiting=0)
     summed = snapshot_of(
         name,
         "all",
@@ -324,7 +325,7 @@ def sum_stats(name: str, pools: Iterable[PoolStats], retired: PoolCounters) -> P
         idle=sum(pool.idle for pool in pools),
         waiting=sum(pool.waiting for pool in pools),
     )
-    return dataclasses.replace(summed, pools=pools)
+    return dataclasses.replace(summed, pools=pools, retired=gone)
 
 
 class PoolBook:

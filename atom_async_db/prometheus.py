@@ -195,9 +195,9 @@ class PoolCollector(Collector):
 
     def _sum(self, family: str, name: str, figures: HistogramStats) -> float:
         """The histogram's ``_sum``, never below what this collector gave before for as
-        many samples or fewer: the part of pools that are gone is a difference of
-        floating-point totals (see ``_export.by_name``), which may wobble in its last digit, and a
-        counter that goes down reads as a reset.
+        many samples or fewer: a pool that retires moves its floating-point total from one
+        addend to another, which may change the sum's last digit, and a counter that goes
+        down reads as a reset.
         """
         key = (family, name)
         with self._lock:

@@ -200,6 +200,8 @@ async def test_an_ended_loops_pool_leaves_the_figures_and_stays_in_the_counts(
     assert len(stats.pools) == 1
     assert stats.checkouts == 2
     assert stats.pools[0].checkouts == 1
+    assert stats.retired is not None and stats.pools[0].retired is None
+    assert (stats.retired.checkouts, stats.retired.wait_time.count) == (1, 1)
 
 
 def test_pool_names_carry_no_password() -> None:
