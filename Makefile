@@ -15,7 +15,7 @@ FASTAPI_TESTS := tests/atom_async_db/test_fastapi.py tests/atom_async_db/test_fa
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[postgres,fastapi,alembic,sqlmodel,otel,prometheus,dev]'
+	$(PY) -m pip install --quiet -e '.[postgres,fastapi,alembic,sqlmodel,otel,prometheus,migrate,docs,dev]'
 	touch $@
 
 test: $(VENV)/.installed
