@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: test test-fastapi-min test-newest lint bench example clean
+.PHONY: test test-fastapi-min test-newest lint docs bench example clean
 
 # The FastAPI tests again on the oldest FastAPI we support (pyproject's fastapi extra).
 FASTAPI_MIN ?= 0.121.0
@@ -50,5 +50,11 @@ bench: $(VENV)/.installed
 example: $(VENV)/.installed
 	$(PY) examples/quickstart.py
 
+# The documentation site (mkdocs.yml, docs/) into site/. --strict: a warning (a broken link
+# or cross-reference, a missing snippet) fails it; `$(VENV)/bin/mkdocs serve` previews it.
+# (The suite builds it too: tests/test_docs.py.)
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .venv-fastapi-min .venv-newest .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-fastapi-min .venv-newest .pytest_cache .mypy_cache .ruff_cache site
