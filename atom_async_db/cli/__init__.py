@@ -4,6 +4,7 @@ modules of this package, one each, listed in :data:`SUBCOMMANDS`.
     atom-db check [--url URL] [--timeout S]   # connect, and report what may go wrong
     atom-db stats URL [--once] [--interval S] # an application's pools, from its /metrics
     atom-db lint PATH...                      # the seed guide's anti-patterns (ATOM1xx)
+    atom-db migrate PATH... [--write]         # its migration checklist, as a codemod
     atom-db bench [ARGS...]                   # the repository's benchmarks
 
 A new subcommand is a module here that defines ``COMMAND`` (a ``_command.Command``),
@@ -24,7 +25,7 @@ from . import _command
 __all__ = ["SUBCOMMANDS", "main"]
 
 #: The modules of the subcommands, in the order ``atom-db --help`` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("_check", "_stats", "_lint", "_bench")
+SUBCOMMANDS: tuple[str, ...] = ("_check", "_stats", "_lint", "_migrate", "_bench")
 
 _DESCRIPTION = (
     "atom_async_db's command line: check a database with the application's settings, "
@@ -33,7 +34,7 @@ _DESCRIPTION = (
 _EPILOG = """\
 exit status:
   0   done (check: connected; the warnings it found are printed; lint: nothing found)
-  1   lint found something
+  1   lint found something; migrate: files would change (without --write)
   2   the database, or the application's /metrics, could not be reached
   64  bad usage or configuration (the message says which setting)
 
