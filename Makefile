@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: test test-fastapi-min test-newest lint docs bench example clean
+.PHONY: test test-fastapi-min test-newest lint docs bench example check-wheel clean
 
 # The FastAPI tests again on the oldest FastAPI we support (pyproject's fastapi extra).
 FASTAPI_MIN ?= 0.121.0
@@ -55,6 +55,12 @@ example: $(VENV)/.installed
 # (The suite builds it too: tests/test_docs.py.)
 docs: $(VENV)/.installed
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+# The sdist and wheel built from a clean copy of the tree, checked (twine, contents), and the
+# wheel installed as users install it (bare, all extras, each extra alone), exercised from
+# outside the checkout (~100 s). CHECK_WHEEL_ARGS=--strict: advisories fail too.
+check-wheel:
+	$(PYTHON) scripts/check-wheel $(CHECK_WHEEL_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-fastapi-min .venv-newest .pytest_cache .mypy_cache .ruff_cache site

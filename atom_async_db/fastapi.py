@@ -24,9 +24,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any, overload
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
+
+try:
+    from fastapi import APIRouter, Depends
+    from fastapi.responses import JSONResponse
+except ImportError as error:  # pragma: no cover (the tests run with it installed)
+    raise ImportError(
+        "atom_async_db.fastapi needs FastAPI: pip install 'atom_async_db[fastapi]'"
+    ) from error
 
 from ._database import Database
 from ._default import (

@@ -34,7 +34,7 @@ log = logging.getLogger("mkdocs.hooks.atom_async_db")
 ROOT = Path(__file__).resolve().parents[2]
 CHARTS = "benchmarks/results/*/chart.png"
 CHANGELOG = ROOT / "CHANGELOG.md"
-MISSING_CHANGELOG_FAILS = False
+MISSING_CHANGELOG_FAILS = True
 
 # A list item that may interrupt a paragraph on GitHub: a bullet, or an ordered list from 1.
 LIST_ITEM = re.compile(r"^(?:[-*+]|1[.)]) ")
