@@ -167,8 +167,8 @@ class _Apply(cst.CSTTransformer):
 
 
 def _with_block(node: cst.Try, rewrite: Rewrite) -> cst.With:
-    """``with get_db_session() as db:`` with the ``try``'s body, and the comments of its
-    ``except`` and ``finally`` parts at the end of that body.
+    """``with get_db_session(independent=True) as db:`` with the ``try``'s body, and the
+    comments of its ``except`` and ``finally`` parts at the end of that body.
     """
     assert isinstance(node.body, cst.IndentedBlock)
     assert node.finalbody is not None
@@ -177,8 +177,15 @@ def _with_block(node: cst.Try, rewrite: Rewrite) -> cst.With:
         moved += _part_comments(handler.leading_lines, handler.body)
     moved += _part_comments(node.finalbody.leading_lines, node.finalbody.body)
     body = node.body.with_changes(footer=[*node.body.footer, *moved])
+    # independent=True: a session of its own, as SessionLocal() gave, also when the code
+    # runs inside another get_db_session() block (a plain block would join that one's
+    # transaction, and the caller's failure would roll this commit back).
+    tight = cst.AssignEqual(
+        whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")
+    )
+    independent = cst.Arg(keyword=cst.Name("independent"), value=cst.Name("True"), equal=tight)
     item = cst.WithItem(
-        item=cst.Call(func=cst.Name("get_db_session")),
+        item=cst.Call(func=cst.Name("get_db_session"), args=[independent]),
         asname=cst.AsName(name=cst.Name(rewrite.variable)),
     )
     return cst.With(items=[item], body=body, leading_lines=node.leading_lines)

@@ -40,6 +40,9 @@ class Run:
     failed: list[Path] = field(default_factory=list)
 
 
+_THE_SHIM = "database_manager.py"
+
+
 def python_files(paths: Sequence[str]) -> Iterator[Path]:
     """The files ``paths`` name: each file itself, each directory's ``*.py`` files, each
     file once (a path that does not exist is yielded as is, for the caller to report).
@@ -105,6 +108,10 @@ def run(
     err = sys.stderr if err is None else err
     outcome = Run()
     for path in python_files(paths):
+        if path.name == _THE_SHIM:
+            # The deprecated module itself: its names are what code not yet migrated
+            # imports (it warns, as the guide announces); rewriting it would break that code.
+            continue
         problem = _one(path, write, out, err, outcome)
         if problem is not None:
             outcome.failed.append(path)

@@ -14,7 +14,7 @@ the block still runs code that may load, is not redundant.)
 
 **B** ::
 
-    db = SessionLocal()          with get_db_session() as db:
+    db = SessionLocal()          with get_db_session(independent=True) as db:
     try:                             BODY
         BODY                 ->
     finally:
@@ -36,9 +36,10 @@ when all of these hold:
    it first), nor by a nested function, nor, in a loop, before the assignment;
 6. the name ``get_db_session`` means ``sync_compat``'s there, or nothing (it is imported).
 
-Under ``sync_compat`` one difference remains, by design (README, "Legacy sync code"):
-inside another ``get_db_session()`` block of the same thread, the new block joins the
-outer transaction through a SAVEPOINT, where ``SessionLocal()`` had a connection of its own.
+The block is ``independent=True``: like ``SessionLocal()``, a connection and a transaction
+of its own, also when it runs inside another ``get_db_session()`` block of the same thread,
+which a plain block would join through a SAVEPOINT (so that the caller's failure would roll
+back what this one committed).
 """
 
 from __future__ import annotations

@@ -15,13 +15,16 @@ What it rewrites:
 - ``db.close()`` right after ``db.commit()`` at the end of a ``with get_db_session() as db:``
   block goes;
 - ``db = SessionLocal()`` + ``try: ... db.commit()`` + ``finally: db.close()`` (an ``except``
-  that only rolls back and re-raises allowed) becomes ``with get_db_session() as db:``,
-  when no path leaves the body before its final commit and ``db`` is not used after it.
+  that only rolls back and re-raises allowed) becomes
+  ``with get_db_session(independent=True) as db:`` (a session of its own, as
+  ``SessionLocal()`` gave, also inside a caller's session), when no path leaves the body
+  before its final commit and ``db`` is not used after it.
 
 What it leaves, deliberately: any ``db.close()`` or ``try``/``finally`` where the rewrite
 could change what is committed (an early ``return``, a body that does not end with
 ``db.commit()``, a generator, an ``except`` that does more); star imports; an import
-sharing its line with another statement. The module docstring of
+sharing its line with another statement; a module named ``database_manager.py`` (the
+deprecated module itself, whose names code not yet migrated imports). The module docstring of
 ``atom_async_db._migrate._sessions`` states the rules exactly.
 
 Without ``--write`` it prints a unified diff and changes nothing (``--check`` says so

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def function_source(path: Path, name: str) -> str:
 ACCOUNTS_SAFE = """\
 def rename_user(user_id: int, first_name: str) -> None:
     # Manual creation
-    with get_db_session() as db:
+    with get_db_session(independent=True) as db:
         user = db.query(User).filter(User.id == user_id).first()
         user.first_name = first_name
         db.commit()
@@ -352,7 +353,7 @@ CASES = {
         "    for item in items:\n        if item:\n            continue\n"
         "        db.add(item)\n    db.commit()\nexcept:  # anything\n"
         "    db.rollback()\n    raise\nfinally:\n    db.close()\n",
-        "from sync_compat import get_db_session\n\nwith get_db_session() as db:\n"
+        "from sync_compat import get_db_session\n\nwith get_db_session(independent=True) as db:\n"
         "    for item in items:\n        if item:\n            continue\n"
         "        db.add(item)\n    db.commit()\n    # anything\n",
     ),
@@ -363,8 +364,8 @@ CASES = {
         "    db = SessionLocal()\n    try:\n        db.commit()\n"
         "    finally:\n        db.close()\n",
         "from sync_compat import get_db, get_db_session\n\n\ndef f():\n"
-        "    with get_db_session() as db:\n        db.commit()\n"
-        "    with get_db_session() as db:\n        db.commit()\n",
+        "    with get_db_session(independent=True) as db:\n        db.commit()\n"
+        "    with get_db_session(independent=True) as db:\n        db.commit()\n",
     ),
 }
 
@@ -457,3 +458,64 @@ def test_the_migrated_tree_passes_lints_checklist_rules(atom_db: Run, tree: Path
     assert {(f["path"].removeprefix("./"), f["line"]) for f in findings} <= unsafe
     assert len(json.loads(before[1])) > len(findings)
     assert status == (1 if findings else 0)
+
+
+def test_a_rewritten_block_commits_on_its_own_inside_a_callers_session(tmp_path: Path) -> None:
+    # SessionLocal() had a connection and a transaction of its own: what it committed
+    # stayed committed when its caller's session failed afterwards. The block it becomes
+    # must keep that (a plain get_db_session() would join the caller's and roll back).
+    from atom_async_db._migrate._codemod import migrate
+
+    legacy = (
+        "from sqlalchemy import text\n"
+        "from sync_compat import SessionLocal, get_db_session\n\n\n"
+        "def rename(name):\n"
+        "    db = SessionLocal()\n"
+        "    try:\n"
+        "        db.execute(text('update t set name = :n'), {'n': name})\n"
+        "        db.commit()\n"
+        "    finally:\n"
+        "        db.close()\n"
+    )
+    migrated = migrate(legacy.encode()).decode()
+    assert "with get_db_session(independent=True) as db:" in migrated
+    script = textwrap.dedent(
+        f"""
+        import atom_async_db
+        from sqlalchemy import text
+        from sync_compat import get_db_session
+
+        atom_async_db.configure("sqlite:///{tmp_path / "db.sqlite"}")
+        with get_db_session() as db:
+            db.execute(text("create table t (name text)"))
+            db.execute(text("insert into t values ('before')"))
+        namespace = {{}}
+        exec(compile(SOURCE, "migrated.py", "exec"), namespace)
+        try:
+            with get_db_session() as outer:
+                outer.execute(text("select 1"))
+                namespace["rename"]("renamed")
+                raise RuntimeError("the caller fails afterwards")
+        except RuntimeError:
+            pass
+        with get_db_session() as db:
+            print(db.execute(text("select name from t")).scalar_one())
+        """
+    ).replace("SOURCE", repr(migrated))
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "renamed"
+
+
+def test_the_deprecated_module_itself_is_left_alone(atom_db: Run, tmp_path: Path) -> None:
+    # Code not yet migrated imports its names: rewriting it would break that code.
+    core = tmp_path / "core"
+    core.mkdir()
+    shim = "from sync_compat.database_manager import get_db_session_for_request  # noqa\n"
+    (core / "database_manager.py").write_text(shim)
+    (core / "users.py").write_text("from core.database_manager import get_db_session\n")
+    assert atom_db("migrate", "--write", str(tmp_path))[0] == 0
+    assert (core / "database_manager.py").read_text() == shim
+    assert (core / "users.py").read_text() == "from sync_compat import get_db_session\n"
