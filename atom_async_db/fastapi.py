@@ -167,7 +167,7 @@ def health_router(
 ) -> APIRouter:
     """Health probes for orchestrators and load balancers: a router to include.
 
-    ::
+    Include it in the application::
 
         from atom_async_db.fastapi import health_router, lifespan
 

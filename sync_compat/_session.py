@@ -260,8 +260,11 @@ class LegacySessionFactory(sessionmaker[LegacySession]):
         return self._class_for(keywords.get("database"))(**keywords)
 
 
-#: The legacy session factory (``expire_on_commit=False``, as in the seed).
 SessionLocal = LegacySessionFactory()
+"""The seed's session factory, on the default database (``expire_on_commit=False``, as in
+the seed): ``SessionLocal()`` is a sync ``Session``. Prefer ``get_db_session()``, which
+commits, rolls back and closes it for you (``atom-db lint`` reports ``SessionLocal()``
+outside tests: ATOM102)."""
 
 _outside_pool: weakref.WeakKeyDictionary[Database, Engine] = weakref.WeakKeyDictionary()
 
