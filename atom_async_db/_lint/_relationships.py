@@ -159,6 +159,16 @@ def _loop(
         )
 
 
+def _latest_assignment(
+    name: ast.Name,
+    assigned: dict[str, list[tuple[tuple[int, int], ast.expr]]],
+    before: tuple[int, int],
+) -> tuple[tuple[int, int], ast.expr] | None:
+    """The last assignment to ``name`` before ``before`` (where, value), if any."""
+    earlier = [entry for entry in assigned.get(name.id, []) if entry[0] < before]
+    return earlier[-1] if earlier else None
+
+
 def _query(
     expr: ast.expr,
     source: Source,
@@ -172,10 +182,10 @@ def _query(
     awaited = isinstance(expr, ast.Await)
     expr = unawait(expr)
     if isinstance(expr, ast.Name):
-        earlier = [(where, value) for where, value in assigned.get(expr.id, []) if where < before]
-        if not earlier:
+        latest = _latest_assignment(expr, assigned, before)
+        if latest is None:
             return None
-        where, value = earlier[-1]
+        where, value = latest
         return _query(value, source, assigned, where, depth + 1)
     if not isinstance(expr, ast.Call) or not isinstance(expr.func, ast.Attribute):
         return None
@@ -212,10 +222,10 @@ def _statement(
     if depth > 8:
         return None
     if isinstance(expr, ast.Name):
-        earlier = [(where, value) for where, value in assigned.get(expr.id, []) if where < before]
-        if not earlier:
+        latest = _latest_assignment(expr, assigned, before)
+        if latest is None:
             return None
-        where, value = earlier[-1]
+        where, value = latest
         return _statement(value, source, assigned, where, depth + 1)
     if not isinstance(expr, ast.Call):
         return None
