@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from ._facts import (
     SYNC_SESSION_IO,
     FunctionNode,
+    Opener,
     Source,
     entered,
     functions,
@@ -49,15 +50,8 @@ def _mixing(func: FunctionNode, source: Source) -> Iterator[Finding]:
     if not params:
         return
     held = params[0].name
-    nodes = list(own_nodes(func.body))
-    entered_ids = entered(nodes)
-    for node in nodes:
-        if not isinstance(node, ast.Call):
-            continue
-        found = opener(node, source)
-        if found is None or found.separate or found.how not in {"context", "factory"}:
-            continue
-        if found.how == "context" and id(node) not in entered_ids:
+    for node, found in _opened(list(own_nodes(func.body)), source):
+        if found.separate or found.how not in {"context", "factory"}:
             continue
         yield finding(
             source.path,
@@ -68,21 +62,27 @@ def _mixing(func: FunctionNode, source: Source) -> Iterator[Finding]:
         )
 
 
+def _opened(nodes: list[ast.AST], source: Source) -> Iterator[tuple[ast.Call, Opener]]:
+    """The calls among ``nodes`` that open a session, with what each opens; a context
+    manager counts only where it is entered.
+    """
+    entered_ids = entered(nodes)
+    for node in nodes:
+        if isinstance(node, ast.Call):
+            found = opener(node, source)
+            if found is not None and (found.how != "context" or id(node) in entered_ids):
+                yield node, found
+
+
 def _blocking(func: ast.AsyncFunctionDef, source: Source) -> Iterator[Finding]:
     nodes = list(own_nodes(func.body))
     awaited = {id(node.value) for node in nodes if isinstance(node, ast.Await)}
-    entered_ids = entered(nodes)
-    for node in nodes:
-        if not isinstance(node, ast.Call):
-            continue
-        found = opener(node, source)
-        if found is None or not found.sync or found.how == "entered":
-            continue
-        if found.how == "context" and id(node) not in entered_ids:
+    for call, found in _opened(nodes, source):
+        if not found.sync or found.how == "entered":
             continue
         yield finding(
             source.path,
-            node,
+            call,
             "ATOM106",
             f"Blocking the event loop: sync `{found.text}` inside `async def {func.name}`; "
             "use `async with get_async_db_session() as db:`, or run the sync code with "
